@@ -1,0 +1,44 @@
+/* nbdkit-qed: messages from the engine.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#include <config.h>
+
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "internal.h"
+
+static void
+log_to_stderr (enum qed_log_level level, const char *msg)
+{
+  if (level != QED_LOG_DEBUG)
+    fprintf (stderr, "qed: %s\n", msg);
+}
+
+/* Set once before any image is opened, read by every thread after. */
+static qed_log_fn log_function = log_to_stderr;
+
+void
+qed_set_log_function (qed_log_fn fn)
+{
+  log_function = fn ? fn : log_to_stderr;
+}
+
+void
+qed_log (enum qed_log_level level, const char *fmt, ...)
+{
+  char msg[1024];
+  va_list ap;
+
+  va_start (ap, fmt);
+  vsnprintf (msg, sizeof msg, fmt, ap);
+  va_end (ap);
+  log_function (level, msg);
+}
+
+const char *
+image_name (const struct qed_image *img)
+{
+  return img->path ? img->path : "image";
+}
