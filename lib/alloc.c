@@ -1,0 +1,380 @@
+/* nbdkit-qed: allocating clusters and linking them into the tables.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * See "Notes on the design" in internal.h for how reservations,
+ * links and the committer fit together.
+ */
+
+#include <config.h>
+
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static struct pending_table *
+pending_find (struct qed_image *img, uint32_t l1_index)
+{
+  for (struct pending_table *pt = img->pending; pt; pt = pt->next)
+    if (pt->l1_index == l1_index && img->l1[l1_index] == 0)
+      return pt;
+  return NULL;
+}
+
+/* The slice of a new L2 table, created zeroed on first use and pinned
+ * in the cache by the table until the table is linked.
+ */
+static int
+pending_slice (struct qed_image *img, struct pending_table *pt,
+               uint64_t key, struct l2_slice **sp)
+{
+  struct l2_slice *s = l2_cache_find (&img->cache, key);
+  struct l2_slice **slices;
+
+  if (s) {
+    s->refs++;
+    *sp = s;
+    return 0;
+  }
+  slices = realloc (pt->slices, (pt->nslices + 1) * sizeof *slices);
+  if (slices == NULL)
+    return -ENOMEM;
+  pt->slices = slices;
+  if (slice_get (img, key, true, &s) < 0)
+    return -ENOMEM;
+  s->refs++;                    /* the table's pin */
+  pt->slices[pt->nslices++] = s;
+  *sp = s;
+  return 0;
+}
+
+/* Called with the table lock held; run is RUN_UNALLOC or RUN_ZERO. */
+int
+alloc_reserve (struct qed_image *img, struct run *run, bool zero_clusters,
+               struct alloc *a)
+{
+  uint64_t first = run->offset >> img->cluster_bits;
+  uint64_t last = (run->offset + run->length - 1) >> img->cluster_bits;
+  struct pending_table *pt = NULL;
+  int r;
+
+  /* Another request allocating the first cluster: wait for it.  One
+   * allocating a later cluster: stop short of it.
+   */
+  for (struct alloc *f = img->inflight; f; f = f->next_inflight) {
+    uint64_t f_last = f->first + f->count - 1;
+    if (f->first <= first && first <= f_last)
+      return -EAGAIN;
+    if (f->first > first && f->first <= last)
+      last = f->first - 1;
+  }
+
+  memset (a, 0, sizeof *a);
+  a->first = first;
+  a->count = last - first + 1;
+  a->was = run->kind;
+  a->l1_index = run->l1_index;
+  a->index = run->index;
+
+  if (run->slice == NULL) {     /* no L2 table yet */
+    uint64_t l2i = first & ((UINT64_C (1) << img->table_bits) - 1);
+
+    pt = pending_find (img, run->l1_index);
+    if (pt == NULL) {
+      pt = calloc (1, sizeof *pt);
+      if (pt == NULL)
+        return -ENOMEM;
+      pt->l1_index = run->l1_index;
+      pt->host = img->alloc_end;
+      img->alloc_end += img->table_bytes;
+      pt->next = img->pending;
+      img->pending = pt;
+    }
+    r = pending_slice (img, pt, pt->host + (l2i - a->index) * 8, &a->slice);
+    if (r < 0)
+      return r;
+    a->table = pt;
+    pt->users++;
+  }
+  else {
+    a->slice = run->slice;      /* the reference moves to the allocation */
+    run->slice = NULL;
+  }
+
+  if (zero_clusters)
+    a->host = QED_ENTRY_ZERO;
+  else {
+    a->host = img->alloc_end;
+    img->alloc_end += (uint64_t) a->count << img->cluster_bits;
+    a->needs_flush = img->backing != NULL || a->host < img->sparse_from;
+  }
+
+  if (run->length > ((last + 1) << img->cluster_bits) - run->offset)
+    run->length = ((last + 1) << img->cluster_bits) - run->offset;
+  a->next_inflight = img->inflight;
+  img->inflight = a;
+  return 0;
+}
+
+uint64_t
+alloc_host_of (const struct qed_image *img, const struct alloc *a,
+               uint64_t offset)
+{
+  return a->host + (offset - (a->first << img->cluster_bits));
+}
+
+static bool
+table_is_new (const struct alloc *a)
+{
+  return a->table != NULL && !a->table->linked;
+}
+
+/* Make a new table's space part of the file, reading as zeros. */
+static int
+prepare_table (struct qed_image *img, struct pending_table *pt)
+{
+  uint64_t end = pt->host + img->table_bytes;
+  int r = 0;
+
+  if (pt->host < img->sparse_from) {
+    uint64_t n = (end < img->sparse_from ? end : img->sparse_from) - pt->host;
+    r = write_zeros (img, pt->host, n);
+  }
+  if (r == 0 && end > img->sparse_from) {
+    static const char zero;
+    r = img->file->ops->pwrite (img->file, &zero, 1, end - 1);
+  }
+  if (r == 0)
+    pt->prepared = true;
+  return r;
+}
+
+/* Write one slice's share of a batch: the entries from the lowest to
+ * the highest one changed, in one write.
+ */
+static void
+write_slice_links (struct qed_image *img, struct alloc *batch,
+                   struct l2_slice *s)
+{
+  uint64_t entries[QED_SLICE_ENTRIES];
+  unsigned lo = QED_SLICE_ENTRIES, hi = 0;
+  struct pending_table *pt = NULL;
+  int r = 0;
+
+  for (struct alloc *a = batch; a; a = a->next_queued)
+    if (a->slice == s) {
+      if (a->index < lo)
+        lo = a->index;
+      if (a->index + a->count > hi)
+        hi = a->index + a->count;
+      if (table_is_new (a))
+        pt = a->table;
+    }
+
+  if (lo >= hi)                 /* cannot happen: a is in the batch */
+    return;
+  memcpy (entries + lo, s->entries + lo, (hi - lo) * 8);
+  for (struct alloc *a = batch; a; a = a->next_queued)
+    if (a->slice == s)
+      for (unsigned i = 0; i < a->count; i++)
+        entries[a->index + i] = a->host == QED_ENTRY_ZERO ? QED_ENTRY_ZERO
+          : a->host + ((uint64_t) i << img->cluster_bits);
+
+  if (pt && !pt->prepared)
+    r = prepare_table (img, pt);
+  if (r == 0)
+    r = table_write_entries (img, s->key + lo * 8, entries + lo, hi - lo);
+  for (struct alloc *a = batch; a; a = a->next_queued)
+    if (a->slice == s) {
+      a->entries_written = r == 0;
+      a->ret = r;
+    }
+}
+
+/* Point the L1 entries at the batch's new tables, after the tables. */
+static void
+link_new_tables (struct qed_image *img, struct alloc *batch)
+{
+  bool ordered = false, any = false;
+  int flush_r = 0;
+
+  for (struct alloc *a = batch; a; a = a->next_queued)
+    if (table_is_new (a) && a->entries_written) {
+      any = true;
+      if (img->backing || a->table->host < img->sparse_from)
+        ordered = true;
+    }
+  if (!any)
+    return;
+  if (ordered)
+    flush_r = img->file->ops->flush (img->file);
+
+  for (struct alloc *a = batch; a; a = a->next_queued) {
+    struct pending_table *pt = a->table;
+    bool first = true;
+    uint64_t le;
+    int r;
+
+    if (!table_is_new (a) || !a->entries_written)
+      continue;
+    for (struct alloc *b = batch; b != a; b = b->next_queued)
+      if (b->table == pt && b->entries_written)
+        first = false;
+    if (!first)
+      continue;
+
+    r = flush_r;
+    if (r == 0) {
+      le = htole64 (pt->host);
+      r = img->file->ops->pwrite (img->file, &le, 8,
+                                  img->header.l1_table_offset +
+                                  (uint64_t) pt->l1_index * 8);
+      if (r < 0)
+        qed_error ("%s: writing L1 entry %" PRIu32 ": %s",
+                   image_name (img), pt->l1_index, strerror (-r));
+    }
+    if (r == 0)
+      pt->l1_written = true;
+    else
+      for (struct alloc *b = batch; b; b = b->next_queued)
+        if (b->table == pt)
+          b->ret = r;
+  }
+}
+
+/* The committer's work, without the table lock. */
+static void
+commit_batch (struct qed_image *img, struct alloc *batch)
+{
+  bool allocates = false, ordered = false;
+  int r = 0;
+
+  for (struct alloc *a = batch; a; a = a->next_queued) {
+    if (a->host != QED_ENTRY_ZERO || table_is_new (a))
+      allocates = true;
+    if (a->needs_flush)
+      ordered = true;
+  }
+  if (allocates && img->backing == NULL)
+    r = need_check_set (img);
+  if (r == 0 && ordered)
+    r = img->file->ops->flush (img->file);
+  if (r < 0) {
+    for (struct alloc *a = batch; a; a = a->next_queued)
+      a->ret = r;
+    return;
+  }
+
+  for (struct alloc *a = batch; a; a = a->next_queued) {
+    bool first_of_slice = true;
+    for (struct alloc *b = batch; b != a; b = b->next_queued)
+      if (b->slice == a->slice)
+        first_of_slice = false;
+    if (first_of_slice)
+      write_slice_links (img, batch, a->slice);
+  }
+  link_new_tables (img, batch);
+}
+
+/* Called with the table lock held: the allocation is over. */
+static void
+alloc_finish (struct qed_image *img, struct alloc *a)
+{
+  struct alloc **pp = &img->inflight;
+  struct pending_table *pt = a->table;
+
+  while (*pp != a)
+    pp = &(*pp)->next_inflight;
+  *pp = a->next_inflight;
+  slice_put (img, a->slice);
+
+  if (pt && --pt->users == 0 && pt->linked) {
+    struct pending_table **tp = &img->pending;
+    while (*tp != pt)
+      tp = &(*tp)->next;
+    *tp = pt->next;
+    free (pt->slices);
+    free (pt);
+  }
+  a->done = true;
+}
+
+/* Called with the table lock held, still holding the commit token:
+ * make the batch visible in memory.
+ */
+static void
+apply_batch (struct qed_image *img, struct alloc *batch)
+{
+  bool allocated = false;
+  struct alloc *next;
+
+  for (struct alloc *a = batch; a; a = a->next_queued) {
+    struct pending_table *pt = a->table;
+
+    if (a->entries_written)
+      for (unsigned i = 0; i < a->count; i++)
+        a->slice->entries[a->index + i] = a->host == QED_ENTRY_ZERO
+          ? QED_ENTRY_ZERO : a->host + ((uint64_t) i << img->cluster_bits);
+    if (a->host != QED_ENTRY_ZERO)
+      allocated = true;
+
+    if (pt && pt->l1_written && !pt->linked) {
+      img->l1[pt->l1_index] = pt->host;
+      tables_index_add (img, pt->host);
+      for (size_t i = 0; i < pt->nslices; i++)
+        slice_put (img, pt->slices[i]);
+      pt->nslices = 0;
+      pt->linked = true;
+    }
+  }
+  for (struct alloc *a = batch; a; a = next) {
+    next = a->next_queued;
+    alloc_finish (img, a);
+  }
+  if (allocated)
+    img->last_alloc_ns = now_ns ();
+}
+
+int
+alloc_commit (struct qed_image *img, struct alloc *a, int data_ret)
+{
+  struct alloc **tail;
+
+  pthread_mutex_lock (&img->lock);
+  if (data_ret < 0) {
+    /* The clusters stay reserved (leaked) and are never reused, so a
+     * half-written one never shows up under another entry.
+     */
+    alloc_finish (img, a);
+    pthread_cond_broadcast (&img->cond);
+    pthread_mutex_unlock (&img->lock);
+    return data_ret;
+  }
+
+  for (tail = &img->queue; *tail; tail = &(*tail)->next_queued)
+    ;
+  a->next_queued = NULL;
+  *tail = a;
+
+  while (!a->done) {
+    if (!img->committing) {
+      struct alloc *batch = img->queue;
+
+      img->queue = NULL;
+      img->committing = true;
+      pthread_mutex_unlock (&img->lock);
+      commit_batch (img, batch);
+      pthread_mutex_lock (&img->lock);
+      apply_batch (img, batch);
+      img->committing = false;
+      pthread_cond_broadcast (&img->cond);
+    }
+    else
+      pthread_cond_wait (&img->cond, &img->lock);
+  }
+  pthread_mutex_unlock (&img->lock);
+  return a->ret;
+}

@@ -1,0 +1,229 @@
+/* nbdkit-qed: engine internals shared by the lib/ sources.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * Notes on the design
+ * -------------------
+ * One mutex, the table lock (img->lock), guards the in-memory metadata:
+ * the L1 table, the L2 slice cache, the allocator and the lists of
+ * allocations in flight.  It is held only for memory work; no data I/O
+ * happens under it.  The one exception is reading a missing L2 slice,
+ * and even that drops the lock while the slice, marked SLICE_LOADING,
+ * is read.
+ *
+ * Mappings only ever grow: an L2 entry goes from unallocated or zero to
+ * a data cluster, or from unallocated to zero, never back (outside of
+ * repair, which runs before requests are served).  So once a lookup has
+ * seen a data cluster, the request can read or write it in place after
+ * dropping the lock.
+ *
+ * An allocating write reserves clusters at the end of the file and
+ * marks the virtual clusters in flight (other writers to them wait),
+ * drops the lock, writes the data and the parts of the clusters the
+ * request does not cover, then queues a link.  One thread at a time is
+ * the committer: it takes every queued link, writes the L2 entries (and
+ * new L2 tables, then their L1 entries) without the lock, then applies
+ * them in memory.  Links queued meanwhile go out together in the next
+ * batch, so concurrent allocating writes share metadata writes and
+ * flushes.  The in-memory tables change only after the disk does, so a
+ * reader never follows an entry that a failed write left off the disk.
+ *
+ * Crash safety (see also dirty.c):
+ * - Without a backing file, NEED_CHECK is made durable before the first
+ *   batch that links new clusters; a crash can then leave entries
+ *   whose data never reached the disk, which read as zeros (the old
+ *   contents) because new clusters lie beyond the old end of the file,
+ *   or point past the end of the file, which the check clears.
+ * - With a backing file, or when new clusters overwrite bytes that were
+ *   in the file at open (a partial last cluster), the data is flushed
+ *   before the entries are written, as QEMU does; a crash can leak
+ *   clusters but never expose a cluster whose copy of the backing data
+ *   was lost.
+ * - A new L2 table is written (and, in the same cases, flushed) before
+ *   the L1 entry points at it.
+ */
+
+#ifndef QED_INTERNAL_H
+#define QED_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "qed.h"
+#include "file.h"
+#include "header.h"
+#include "l2-cache.h"
+
+struct backing;
+
+/* What a run of virtual clusters maps to. */
+enum run_kind {
+  RUN_DATA,                     /* contiguous data clusters */
+  RUN_ZERO,                     /* zero clusters */
+  RUN_UNALLOC,                  /* unallocated: the backing file, or zeros */
+  RUN_BAD,                      /* an invalid L1 or L2 entry */
+};
+
+struct run {
+  enum run_kind kind;
+  uint64_t offset, length;      /* virtual bytes */
+  uint64_t host;                /* RUN_DATA: host offset of offset */
+  uint32_t l1_index;
+  /* The L2 slice holding the run's entries, with a reference (NULL if
+   * the L1 entry is empty or bad); index is the run's first entry in it.
+   */
+  struct l2_slice *slice;
+  unsigned index;
+};
+
+/* An L2 table that has been allocated but is not yet in the L1 table. */
+struct pending_table {
+  uint32_t l1_index;
+  uint64_t host;
+  bool prepared;                /* its space is in the file, reading zeros */
+  bool l1_written;              /* the L1 entry on disk points at it */
+  bool linked;                  /* ... and so does the L1 table in memory */
+  unsigned users;               /* allocations in flight using it */
+  struct l2_slice **slices;     /* created so far, each referenced */
+  size_t nslices;
+  struct pending_table *next;
+};
+
+/* An allocation: from reservation to the link that makes it visible. */
+struct alloc {
+  uint64_t first;               /* first virtual cluster */
+  uint32_t count;               /* clusters */
+  enum run_kind was;            /* RUN_UNALLOC or RUN_ZERO */
+  uint32_t l1_index;
+  struct l2_slice *slice;       /* referenced until linked */
+  unsigned index;               /* first entry in slice */
+  struct pending_table *table;  /* the L2 table is new */
+  uint64_t host;                /* first new cluster, or QED_ENTRY_ZERO */
+  bool needs_flush;             /* data must be durable before the link */
+  /* Commit state, under the table lock. */
+  bool entries_written;
+  bool done;
+  int ret;
+  struct alloc *next_inflight;
+  struct alloc *next_queued;
+};
+
+struct qed_image {
+  /* Set by open; constant while requests run. */
+  struct qed_file *file;
+  char *path;                   /* for messages and backing names */
+  struct qed_header header;     /* features change under the commit token */
+  char *backing_name;           /* from the header, NUL-terminated */
+  uint32_t cluster_size;
+  unsigned cluster_bits;
+  uint64_t table_bytes;         /* one L1 or L2 table */
+  unsigned table_bits;          /* log2 of entries per table */
+  uint64_t header_bytes;
+  uint64_t l1_entries;          /* L1 entries covering the virtual disk */
+  uint64_t sparse_from;         /* file size at open */
+  enum qed_access access;
+  bool no_locking, always_check;
+  bool writable;
+  struct backing *backing;
+  bool reported_bad;            /* logged the first bad entry served */
+
+  pthread_mutex_t lock;         /* the table lock */
+  pthread_cond_t cond;          /* any change worth waiting for */
+
+  /* Under the table lock. */
+  uint64_t *l1;                 /* l1_entries, CPU order */
+  uint64_t *l1_bad;             /* bitmap of invalid entries, or NULL */
+  uint64_t *tables;             /* sorted host offsets of linked L2 tables */
+  size_t ntables;
+  struct l2_cache cache;
+  uint64_t alloc_end;           /* where the next cluster goes */
+  struct alloc *inflight;
+  struct pending_table *pending;
+  struct alloc *queue;          /* links waiting for the committer */
+  bool committing;              /* the commit token (also held by the
+                                 * background thread while it cleans) */
+  bool need_check_ours;         /* we set NEED_CHECK and must clear it */
+  uint64_t last_alloc_ns;
+
+  /* The background thread (dirty.c). */
+  pthread_t bg_thread;
+  bool bg_running, bg_stop;
+  unsigned idle_ms;
+};
+
+/* Geometry helpers. */
+static inline uint64_t
+cluster_start (const struct qed_image *img, uint64_t offset)
+{
+  return offset & ~((uint64_t) img->cluster_size - 1);
+}
+
+static inline uint64_t
+cluster_offset (const struct qed_image *img, uint64_t offset)
+{
+  return offset & (img->cluster_size - 1);
+}
+
+/* log.c */
+void qed_log (enum qed_log_level level, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+#define qed_error(...) qed_log (QED_LOG_ERROR, __VA_ARGS__)
+#define qed_notice(...) qed_log (QED_LOG_NOTICE, __VA_ARGS__)
+#define qed_debug(...) qed_log (QED_LOG_DEBUG, __VA_ARGS__)
+const char *image_name (const struct qed_image *img);
+
+/* table.c: L1 and L2 tables on disk. */
+int table_load_l1 (struct qed_image *img);
+bool l1_entry_is_bad (const struct qed_image *img, uint32_t index);
+bool data_entry_valid (const struct qed_image *img, uint64_t entry);
+int table_read_slice (struct qed_image *img, struct l2_slice *s);
+void slice_validate (struct qed_image *img, struct l2_slice *s);
+int table_write_entries (struct qed_image *img, uint64_t host,
+                         const uint64_t *entries, size_t n);
+void tables_index_add (struct qed_image *img, uint64_t host);
+int header_write (struct qed_image *img);
+
+/* lookup.c */
+int lookup_run (struct qed_image *img, uint64_t offset, uint64_t length,
+                struct run *run);
+void run_release (struct qed_image *img, struct run *run);
+int slice_get (struct qed_image *img, uint64_t key, bool create_zeroed,
+               struct l2_slice **sp);
+void slice_put (struct qed_image *img, struct l2_slice *s);
+
+/* alloc.c */
+int alloc_reserve (struct qed_image *img, struct run *run, bool zero_clusters,
+                   struct alloc *a);
+int alloc_commit (struct qed_image *img, struct alloc *a, int data_ret);
+uint64_t alloc_host_of (const struct qed_image *img, const struct alloc *a,
+                        uint64_t offset);
+
+/* write.c */
+int write_zeros (struct qed_image *img, uint64_t host, uint64_t count);
+
+/* dirty.c: NEED_CHECK. */
+int need_check_set (struct qed_image *img);
+int need_check_clear (struct qed_image *img);
+void stop_background (struct qed_image *img);
+uint64_t now_ns (void);
+
+/* backing.c */
+int backing_open (struct qed_image *img, const struct qed_open_options *opts,
+                  unsigned depth, const uint64_t *chain_ids, size_t nids);
+void backing_close (struct backing *b);
+int backing_read (struct backing *b, void *buf, uint64_t count,
+                  uint64_t offset);
+int backing_status (struct backing *b, uint64_t count, uint64_t offset,
+                    qed_extent_fn fn, void *opaque);
+
+/* open.c: opening images, also as backing files. */
+int image_open (struct qed_file *file, const char *path,
+                const struct qed_open_options *opts, unsigned depth,
+                const uint64_t *chain_ids, size_t nids,
+                struct qed_image **imgp);
+
+/* check.c */
+int check_image (struct qed_image *img, bool repair,
+                 struct qed_check_result *result);
+
+#endif /* QED_INTERNAL_H */

@@ -1,0 +1,62 @@
+/* nbdkit-qed: reads.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "internal.h"
+
+int
+qed_image_read (struct qed_image *img, void *buf, uint64_t count, uint64_t offset)
+{
+  char *p = buf;
+
+  if (offset > img->header.image_size ||
+      count > img->header.image_size - offset) {
+    qed_error ("%s: read beyond the end of the disk", image_name (img));
+    return -EINVAL;
+  }
+
+  while (count > 0) {
+    struct run run;
+    int r;
+
+    pthread_mutex_lock (&img->lock);
+    r = lookup_run (img, offset, count, &run);
+    run_release (img, &run);
+    pthread_mutex_unlock (&img->lock);
+    if (r < 0)
+      return r;
+
+    switch (run.kind) {
+    case RUN_DATA:
+      r = img->file->ops->pread (img->file, p, run.length, run.host);
+      if (r < 0)
+        qed_error ("%s: reading %" PRIu64 " bytes at 0x%" PRIx64 ": %s",
+                   image_name (img), run.length, run.host, strerror (-r));
+      break;
+    case RUN_UNALLOC:
+      if (img->backing) {
+        r = backing_read (img->backing, p, run.length, offset);
+        break;
+      }
+      /* fallthrough */
+    case RUN_ZERO:
+      memset (p, 0, run.length);
+      break;
+    case RUN_BAD:
+      r = -EIO;
+      break;
+    }
+    if (r < 0)
+      return r;
+    p += run.length;
+    offset += run.length;
+    count -= run.length;
+  }
+  return 0;
+}

@@ -1,0 +1,363 @@
+/* nbdkit-qed: writes, zeroing and trimming.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "internal.h"
+
+static const char zero_buf[64 * 1024];
+
+int
+write_zeros (struct qed_image *img, uint64_t host, uint64_t count)
+{
+  while (count > 0) {
+    size_t n = count < sizeof zero_buf ? count : sizeof zero_buf;
+    int r = img->file->ops->pwrite (img->file, zero_buf, n, host);
+    if (r < 0)
+      return r;
+    host += n;
+    count -= n;
+  }
+  return 0;
+}
+
+static int
+check_write (struct qed_image *img, uint64_t count, uint64_t offset)
+{
+  if (!img->writable) {
+    qed_error ("%s: the image is read-only", image_name (img));
+    return -EROFS;
+  }
+  if (offset > img->header.image_size ||
+      count > img->header.image_size - offset) {
+    qed_error ("%s: request beyond the end of the disk", image_name (img));
+    return -EINVAL;
+  }
+  return 0;
+}
+
+static int
+pwrite_logged (struct qed_image *img, const void *buf, uint64_t count,
+               uint64_t host)
+{
+  int r = img->file->ops->pwrite (img->file, buf, count, host);
+
+  if (r < 0)
+    qed_error ("%s: writing %" PRIu64 " bytes at 0x%" PRIx64 ": %s",
+               image_name (img), count, host, strerror (-r));
+  return r;
+}
+
+/* Fill [offset, offset + count) of a new allocation from the backing
+ * file, or with zeros.  Zeros need no write where the file did not
+ * reach at open: that space reads as zeros already.
+ */
+static int
+fill (struct qed_image *img, const struct alloc *a, uint64_t offset,
+      uint64_t count, bool from_backing)
+{
+  uint64_t host = alloc_host_of (img, a, offset);
+  int r;
+
+  if (count == 0)
+    return 0;
+  if (from_backing) {
+    CLEANUP_FREE char *buf = malloc (count);
+    if (buf == NULL)
+      return -ENOMEM;
+    r = backing_read (img->backing, buf, count, offset);
+    if (r == 0)
+      r = pwrite_logged (img, buf, count, host);
+    return r;
+  }
+  if (host < img->sparse_from) {
+    uint64_t n = img->sparse_from - host < count ? img->sparse_from - host
+      : count;
+    r = write_zeros (img, host, n);
+    if (r < 0)
+      qed_error ("%s: writing zeros at 0x%" PRIx64 ": %s",
+                 image_name (img), host, strerror (-r));
+    return r;
+  }
+  return 0;
+}
+
+/* Write the data (zeros when buf is NULL) of [offset, offset + count)
+ * into the allocation's new clusters, and fill the rest of them with
+ * what they read as before: the backing file for unallocated clusters,
+ * else zeros.
+ */
+static int
+write_new_clusters (struct qed_image *img, const struct alloc *a,
+                    const void *buf, uint64_t count, uint64_t offset)
+{
+  uint64_t start = a->first << img->cluster_bits;
+  uint64_t end = start + ((uint64_t) a->count << img->cluster_bits);
+  uint64_t tail = end - offset - count;
+  uint64_t host_end = alloc_host_of (img, a, end);
+  bool from_backing = a->was == RUN_UNALLOC && img->backing != NULL;
+  bool end_written = tail ? from_backing : buf != NULL;
+  int r;
+
+  r = fill (img, a, start, offset - start, from_backing);
+  if (r == 0)
+    r = buf ? pwrite_logged (img, buf, count, alloc_host_of (img, a, offset))
+      : fill (img, a, offset, count, false);
+  if (r == 0)
+    r = fill (img, a, offset + count, tail, from_backing);
+  /* The last cluster must lie wholly inside the file before an entry
+   * points at it; when nothing was written at its end, one byte
+   * extends the file (sparsely) to it.
+   */
+  if (r == 0 && !end_written && host_end > img->sparse_from)
+    r = pwrite_logged (img, zero_buf, 1, host_end - 1);
+  return r;
+}
+
+/* Write data or zeros into one run from offset.  Returns the number
+ * of bytes done, or a negative errno.
+ */
+static int64_t
+write_run (struct qed_image *img, const void *buf, uint64_t count,
+           uint64_t offset)
+{
+  struct run run;
+  struct alloc a;
+  int r;
+
+  pthread_mutex_lock (&img->lock);
+  for (;;) {
+    r = lookup_run (img, offset, count, &run);
+    if (r < 0 || run.kind == RUN_DATA || run.kind == RUN_BAD)
+      break;
+    r = alloc_reserve (img, &run, false, &a);
+    if (r != -EAGAIN)
+      break;
+    run_release (img, &run);
+    pthread_cond_wait (&img->cond, &img->lock);
+  }
+  run_release (img, &run);
+  pthread_mutex_unlock (&img->lock);
+  if (r < 0)
+    return r;
+
+  switch (run.kind) {
+  case RUN_DATA:
+    r = buf ? pwrite_logged (img, buf, run.length, run.host)
+      : write_zeros (img, run.host, run.length);
+    break;
+  case RUN_BAD:
+    r = -EIO;
+    break;
+  default:
+    r = write_new_clusters (img, &a, buf, run.length, offset);
+    r = alloc_commit (img, &a, r);
+  }
+  return r < 0 ? r : (int64_t) run.length;
+}
+
+int
+qed_image_write (struct qed_image *img, const void *buf, uint64_t count,
+           uint64_t offset, unsigned flags)
+{
+  const char *p = buf;
+  int r = check_write (img, count, offset);
+
+  while (r == 0 && count > 0) {
+    int64_t n = write_run (img, p, count, offset);
+    if (n < 0)
+      return n;
+    p += n;
+    offset += n;
+    count -= n;
+  }
+  if (r == 0 && (flags & QED_FUA))
+    r = qed_image_flush (img);
+  return r;
+}
+
+/* The piece of a zero request handled in one step: a part of one
+ * cluster, or whole clusters.
+ */
+static uint64_t
+zero_piece (const struct qed_image *img, uint64_t count, uint64_t offset,
+            bool *whole)
+{
+  uint64_t to_boundary = img->cluster_size - cluster_offset (img, offset);
+
+  *whole = cluster_offset (img, offset) == 0 && count >= img->cluster_size;
+  if (*whole)
+    return count - cluster_offset (img, count);
+  return count < to_boundary ? count : to_boundary;
+}
+
+/* Does the run already read as zeros without anything being done? */
+static bool
+reads_as_zero (const struct qed_image *img, enum run_kind kind)
+{
+  return kind == RUN_ZERO || (kind == RUN_UNALLOC && img->backing == NULL);
+}
+
+/* Would zeroing the range only change metadata or punch holes? */
+static int
+zero_is_fast (struct qed_image *img, uint64_t count, uint64_t offset,
+              unsigned flags)
+{
+  while (count > 0) {
+    struct run run;
+    bool whole;
+    uint64_t n = zero_piece (img, count, offset, &whole);
+    int r;
+
+    pthread_mutex_lock (&img->lock);
+    r = lookup_run (img, offset, n, &run);
+    run_release (img, &run);
+    pthread_mutex_unlock (&img->lock);
+    if (r < 0)
+      return r;
+    if (!reads_as_zero (img, run.kind) && run.kind != RUN_BAD &&
+        !(whole && (run.kind == RUN_UNALLOC ||
+                    (run.kind == RUN_DATA && (flags & QED_MAY_TRIM)))))
+      return -ENOTSUP;
+    offset += run.length;
+    count -= run.length;
+  }
+  return 0;
+}
+
+static int
+punch_or_write_zeros (struct qed_image *img, uint64_t host, uint64_t count,
+                      unsigned flags)
+{
+  int r = -EOPNOTSUPP;
+
+  if (flags & QED_MAY_TRIM)
+    r = img->file->ops->punch (img->file, host, count);
+  if (r == -EOPNOTSUPP) {
+    if (flags & QED_FAST_ZERO)
+      return -ENOTSUP;
+    r = write_zeros (img, host, count);
+  }
+  if (r < 0)
+    qed_error ("%s: zeroing %" PRIu64 " bytes at 0x%" PRIx64 ": %s",
+               image_name (img), count, host, strerror (-r));
+  return r;
+}
+
+/* Zero one run (or part of it) from offset.  Returns the number of
+ * bytes done, or a negative errno.
+ */
+static int64_t
+zero_run (struct qed_image *img, uint64_t count, uint64_t offset,
+          unsigned flags)
+{
+  struct run run;
+  struct alloc a;
+  bool whole;
+  uint64_t n = zero_piece (img, count, offset, &whole);
+  int r;
+
+  pthread_mutex_lock (&img->lock);
+  for (;;) {
+    r = lookup_run (img, offset, n, &run);
+    if (r < 0 || run.kind == RUN_DATA || run.kind == RUN_BAD ||
+        reads_as_zero (img, run.kind))
+      break;
+    /* Unallocated over a backing file: whole clusters become zero
+     * clusters, a partial one is allocated and written with zeros.
+     */
+    r = alloc_reserve (img, &run, whole, &a);
+    if (r != -EAGAIN)
+      break;
+    run_release (img, &run);
+    pthread_cond_wait (&img->cond, &img->lock);
+  }
+  run_release (img, &run);
+  pthread_mutex_unlock (&img->lock);
+  if (r < 0)
+    return r;
+
+  if (run.kind == RUN_BAD)
+    r = -EIO;
+  else if (run.kind == RUN_DATA)
+    r = whole ? punch_or_write_zeros (img, run.host, run.length, flags)
+      : write_zeros (img, run.host, run.length);
+  else if (!reads_as_zero (img, run.kind)) {
+    r = whole ? 0 : write_new_clusters (img, &a, NULL, run.length, offset);
+    r = alloc_commit (img, &a, r);
+  }
+  return r < 0 ? r : (int64_t) run.length;
+}
+
+int
+qed_image_zero (struct qed_image *img, uint64_t count, uint64_t offset,
+          unsigned flags)
+{
+  int r = check_write (img, count, offset);
+
+  if (r == 0 && (flags & QED_FAST_ZERO))
+    r = zero_is_fast (img, count, offset, flags);
+  while (r == 0 && count > 0) {
+    int64_t n = zero_run (img, count, offset, flags);
+    if (n < 0)
+      return n;
+    offset += n;
+    count -= n;
+  }
+  if (r == 0 && (flags & QED_FUA))
+    r = qed_image_flush (img);
+  return r;
+}
+
+int
+qed_image_trim (struct qed_image *img, uint64_t count, uint64_t offset,
+          unsigned flags)
+{
+  uint64_t end;
+  int r = check_write (img, count, offset);
+
+  if (r < 0)
+    return r;
+  /* Only clusters the request covers wholly. */
+  end = cluster_start (img, offset + count);
+  offset = cluster_start (img, offset + img->cluster_size - 1);
+  while (offset < end) {
+    struct run run;
+
+    pthread_mutex_lock (&img->lock);
+    r = lookup_run (img, offset, end - offset, &run);
+    run_release (img, &run);
+    pthread_mutex_unlock (&img->lock);
+    if (r < 0)
+      return r;
+    if (run.kind == RUN_DATA) {
+      r = img->file->ops->punch (img->file, run.host, run.length);
+      if (r < 0 && r != -EOPNOTSUPP) {
+        qed_error ("%s: trimming %" PRIu64 " bytes at 0x%" PRIx64 ": %s",
+                   image_name (img), run.length, run.host, strerror (-r));
+        return r;
+      }
+    }
+    offset += run.length;
+  }
+  if (flags & QED_FUA)
+    return qed_image_flush (img);
+  return 0;
+}
+
+int
+qed_image_flush (struct qed_image *img)
+{
+  int r = img->file->ops->flush (img->file);
+
+  if (r < 0)
+    qed_error ("%s: flush: %s", image_name (img), strerror (-r));
+  return r;
+}
