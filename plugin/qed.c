@@ -1,0 +1,431 @@
+/* nbdkit-qed: an nbdkit plugin serving QEMU QED disk images.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * The callbacks only map NBD requests onto the engine in lib/: one
+ * image, opened in .get_ready, is shared by every connection.
+ */
+
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NBDKIT_API_VERSION 2
+#include <nbdkit-plugin.h>
+
+#include "qed.h"
+
+/* Seconds without allocating writes before the image is marked clean. */
+#define IDLE_MS 5000
+
+/* NBD's usual largest request; the preferred size is the cluster size. */
+#define MAX_REQUEST (32 * 1024 * 1024)
+
+static char *filename;
+static char *backing;
+static const char *backing_format;
+static bool no_backing;
+static int64_t l2_cache_size;
+static bool no_locking;
+static bool always_check;
+
+static struct qed_image *image;
+
+/* Serializes turning writes on (see qed_open). */
+static pthread_mutex_t enable_writes_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool writes_impossible;
+
+static void
+log_to_nbdkit (enum qed_log_level level, const char *msg)
+{
+  if (level == QED_LOG_DEBUG)
+    nbdkit_debug ("%s", msg);
+  else
+    nbdkit_error ("%s", msg);
+}
+
+/* Route the engine's messages through nbdkit. */
+static void
+qed_load (void)
+{
+  qed_set_log_function (log_to_nbdkit);
+}
+
+/* Free the configuration. */
+static void
+qed_unload (void)
+{
+  free (filename);
+  free (backing);
+}
+
+/* Parse one key=value parameter. */
+static int
+qed_config (const char *key, const char *value)
+{
+  int r;
+
+  if (strcmp (key, "file") == 0) {
+    free (filename);
+    /* Absolute now: nbdkit changes to / when it daemonizes. */
+    filename = nbdkit_realpath (value);
+    if (filename == NULL)
+      return -1;
+  }
+  else if (strcmp (key, "backing") == 0) {
+    free (backing);
+    backing = nbdkit_realpath (value);
+    if (backing == NULL)
+      return -1;
+  }
+  else if (strcmp (key, "backing-format") == 0) {
+    if (strcmp (value, "raw") != 0 && strcmp (value, "qed") != 0) {
+      nbdkit_error ("backing-format must be raw or qed, not %s", value);
+      return -1;
+    }
+    backing_format = value;
+  }
+  else if (strcmp (key, "allow-backing") == 0) {
+    if ((r = nbdkit_parse_bool (value)) == -1)
+      return -1;
+    no_backing = !r;
+  }
+  else if (strcmp (key, "l2-cache-size") == 0) {
+    l2_cache_size = nbdkit_parse_size (value);
+    if (l2_cache_size == -1)
+      return -1;
+    if (l2_cache_size < 64 * 1024) {
+      nbdkit_error ("l2-cache-size must be at least 64K");
+      return -1;
+    }
+  }
+  else if (strcmp (key, "locking") == 0) {
+    if ((r = nbdkit_parse_bool (value)) == -1)
+      return -1;
+    no_locking = !r;
+  }
+  else if (strcmp (key, "check") == 0) {
+    if (strcmp (value, "always") == 0)
+      always_check = true;
+    else if (strcmp (value, "auto") == 0)
+      always_check = false;
+    else {
+      nbdkit_error ("check must be auto or always, not %s", value);
+      return -1;
+    }
+  }
+  else {
+    nbdkit_error ("unknown parameter '%s'", key);
+    return -1;
+  }
+  return 0;
+}
+
+/* Check the parameters fit together. */
+static int
+qed_config_complete (void)
+{
+  if (filename == NULL) {
+    nbdkit_error ("you must supply the file=<FILENAME> parameter");
+    return -1;
+  }
+  if (no_backing && (backing || backing_format)) {
+    nbdkit_error ("allow-backing=false cannot be used with backing="
+                  " or backing-format=");
+    return -1;
+  }
+  return 0;
+}
+
+#define qed_config_help \
+  "[file=]<FILENAME>        (required) The QED image to serve.\n" \
+  "backing=<FILENAME>       Backing file to use instead of the image's.\n" \
+  "backing-format=raw|qed   Format of the backing file.\n" \
+  "allow-backing=false      Refuse images that have a backing file.\n" \
+  "l2-cache-size=<SIZE>     Memory for cached L2 tables (default 32M).\n" \
+  "locking=false            Take no QEMU-compatible image locks.\n" \
+  "check=auto|always        Check (and repair) the image at start always,\n" \
+  "                         or only when it was not closed cleanly (auto)."
+
+/* Extra --dump-plugin lines. */
+static void
+qed_dump_plugin (void)
+{
+  printf ("qed_backing_files=raw,qed\n");
+  printf ("qed_locking=qemu\n");
+}
+
+/* Open and validate the image, so a bad one fails at start.  Writes
+ * are turned on only when a connection wants them: with nbdkit -r
+ * nothing is ever written.
+ */
+static int
+qed_get_ready (void)
+{
+  struct qed_open_options opts = {
+    .access = QED_WRITE_ON_DEMAND,
+    .no_backing = no_backing,
+    .backing = backing,
+    .backing_format = backing_format,
+    .l2_cache_size = l2_cache_size,
+    .no_locking = no_locking,
+    .always_check = always_check,
+  };
+
+  return qed_image_open (filename, &opts, &image) < 0 ? -1 : 0;
+}
+
+/* Start the thread that marks the image clean when idle. */
+static int
+qed_after_fork (void)
+{
+  return qed_image_start_background (image, IDLE_MS) < 0 ? -1 : 0;
+}
+
+/* Flush and close the image after the last connection. */
+static void
+qed_cleanup (void)
+{
+  if (image) {
+    qed_image_close (image);
+    image = NULL;
+  }
+}
+
+/* A writable connection turns writes on (locks, repair) if needed. */
+static void *
+qed_open (int readonly)
+{
+  int r;
+
+  if (readonly)
+    return NBDKIT_HANDLE_NOT_NEEDED;
+
+  pthread_mutex_lock (&enable_writes_lock);
+  r = 0;
+  if (!writes_impossible && !qed_image_is_writable (image)) {
+    r = qed_image_enable_writes (image);
+    if (r == -EROFS) {
+      nbdkit_debug ("%s is read-only: serving it read-only", filename);
+      writes_impossible = true;
+      r = 0;
+    }
+  }
+  pthread_mutex_unlock (&enable_writes_lock);
+  return r < 0 ? NULL : NBDKIT_HANDLE_NOT_NEEDED;
+}
+
+/* Size of the virtual disk. */
+static int64_t
+qed_get_size (void *handle)
+{
+  return qed_image_size (image);
+}
+
+/* Any alignment works; whole clusters avoid copy-on-write. */
+static int
+qed_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
+                uint32_t *maximum)
+{
+  uint32_t cluster = qed_image_cluster_size (image);
+
+  *minimum = 1;
+  *preferred = cluster < MAX_REQUEST ? cluster : MAX_REQUEST;
+  *maximum = MAX_REQUEST;
+  return 0;
+}
+
+/* Writable once qed_open turned writes on. */
+static int
+qed_can_write (void *handle)
+{
+  return qed_image_is_writable (image);
+}
+
+/* All connections share one image, and flush is global. */
+static int
+qed_can_multi_conn (void *handle)
+{
+  return 1;
+}
+
+/* Flush, trim and zero are supported. */
+static int
+qed_can_flush (void *handle)
+{
+  return 1;
+}
+
+/* FUA is a flush after the request. */
+static int
+qed_can_fua (void *handle)
+{
+  return NBDKIT_FUA_NATIVE;
+}
+
+/* Trim punches holes in wholly covered data clusters. */
+static int
+qed_can_trim (void *handle)
+{
+  return 1;
+}
+
+/* Zero is native. */
+static int
+qed_can_zero (void *handle)
+{
+  return 1;
+}
+
+/* A fast zero fails at once where zeroing would write data. */
+static int
+qed_can_fast_zero (void *handle)
+{
+  return 1;
+}
+
+/* Block status comes from the L2 tables and the backing chain. */
+static int
+qed_can_extents (void *handle)
+{
+  return 1;
+}
+
+/* Reading warms the L2 cache and the page cache. */
+static int
+qed_can_cache (void *handle)
+{
+  return NBDKIT_CACHE_EMULATE;
+}
+
+static int
+fail (int r)
+{
+  errno = -r;
+  return -1;
+}
+
+/* Read data. */
+static int
+qed_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
+           uint32_t flags)
+{
+  int r = qed_image_read (image, buf, count, offset);
+  return r < 0 ? fail (r) : 0;
+}
+
+static unsigned
+engine_flags (uint32_t flags)
+{
+  return (flags & NBDKIT_FLAG_FUA ? QED_FUA : 0) |
+    (flags & NBDKIT_FLAG_FAST_ZERO ? QED_FAST_ZERO : 0) |
+    (flags & NBDKIT_FLAG_MAY_TRIM ? QED_MAY_TRIM : 0);
+}
+
+/* Write data. */
+static int
+qed_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
+            uint32_t flags)
+{
+  int r = qed_image_write (image, buf, count, offset, engine_flags (flags));
+  return r < 0 ? fail (r) : 0;
+}
+
+/* Write zeros. */
+static int
+qed_zero (void *handle, uint32_t count, uint64_t offset,
+                   uint32_t flags)
+{
+  int r = qed_image_zero (image, count, offset, engine_flags (flags));
+  return r < 0 ? fail (r) : 0;
+}
+
+/* Give back the space of wholly covered clusters. */
+static int
+qed_trim (void *handle, uint32_t count, uint64_t offset,
+                   uint32_t flags)
+{
+  int r = qed_image_trim (image, count, offset, engine_flags (flags));
+  return r < 0 ? fail (r) : 0;
+}
+
+/* Make everything written durable. */
+static int
+qed_flush (void *handle, uint32_t flags)
+{
+  int r = qed_image_flush (image);
+  return r < 0 ? fail (r) : 0;
+}
+
+struct extents_request {
+  struct nbdkit_extents *extents;
+  bool req_one;
+};
+
+static int
+add_extent (void *opaque, uint64_t offset, uint64_t length, unsigned type)
+{
+  struct extents_request *req = opaque;
+
+  if (nbdkit_add_extent (req->extents, offset, length, type) == -1)
+    return -errno;
+  return req->req_one;          /* one extent is enough */
+}
+
+/* Block status. */
+static int
+qed_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
+             struct nbdkit_extents *extents)
+{
+  struct extents_request req = {
+    .extents = extents,
+    .req_one = flags & NBDKIT_FLAG_REQ_ONE,
+  };
+  int r = qed_image_block_status (image, count, offset, add_extent, &req);
+  return r < 0 ? fail (r) : 0;
+}
+
+static struct nbdkit_plugin plugin = {
+  .name               = "qed",
+  .longname           = "nbdkit QED plugin",
+  .version            = PACKAGE_VERSION,
+  .load               = qed_load,
+  .unload             = qed_unload,
+  .config             = qed_config,
+  .config_complete    = qed_config_complete,
+  .config_help        = qed_config_help,
+  .magic_config_key   = "file",
+  .dump_plugin        = qed_dump_plugin,
+  .get_ready          = qed_get_ready,
+  .after_fork         = qed_after_fork,
+  .cleanup            = qed_cleanup,
+  .open               = qed_open,
+  .get_size           = qed_get_size,
+  .block_size         = qed_block_size,
+  .can_write          = qed_can_write,
+  .can_multi_conn     = qed_can_multi_conn,
+  .can_flush          = qed_can_flush,
+  .can_fua            = qed_can_fua,
+  .can_trim           = qed_can_trim,
+  .can_zero           = qed_can_zero,
+  .can_fast_zero      = qed_can_fast_zero,
+  .can_extents        = qed_can_extents,
+  .can_cache          = qed_can_cache,
+  .pread              = qed_pread,
+  .pwrite             = qed_pwrite,
+  .zero               = qed_zero,
+  .trim               = qed_trim,
+  .flush              = qed_flush,
+  .extents            = qed_extents,
+  .errno_is_preserved = 1,
+};
+
+#define THREAD_MODEL NBDKIT_THREAD_MODEL_PARALLEL
+
+NBDKIT_REGISTER_PLUGIN (plugin)
