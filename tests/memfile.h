@@ -1,0 +1,63 @@
+/* nbdkit-qed tests: a file in memory that can fail and crash.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * The SQLite habit: the engine's file layer (lib/file.h) implemented
+ * over memory, so tests can count operations, inject errors into any
+ * operation, and record every write and flush to rebuild the file as
+ * a crash at any point would have left it.
+ *
+ * Closing the qed_file does not free the memfile: tests inspect it
+ * after the image is closed, then call memfile_free.
+ */
+
+#ifndef QED_TESTS_MEMFILE_H
+#define QED_TESTS_MEMFILE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "file.h"
+
+struct memfile;
+
+enum memfile_op {
+  MF_PREAD = 1, MF_PWRITE = 2, MF_FLUSH = 4, MF_TRUNCATE = 8, MF_PUNCH = 16,
+};
+
+struct memfile *memfile_new (const void *data, size_t size);
+void memfile_free (struct memfile *mf);
+
+/* The qed_file view.  Each call returns the same file. */
+struct qed_file *memfile_file (struct memfile *mf);
+
+/* Current contents (valid until the next write). */
+const unsigned char *memfile_data (struct memfile *mf, size_t *size);
+
+/* Operations done so far, of the kinds in mask. */
+uint64_t memfile_count (struct memfile *mf, unsigned mask);
+
+/* Fail operations in mask with -err: the first after skip more of
+ * them have succeeded, and every one after it when persistent.
+ * err 0 stops injecting.
+ */
+void memfile_fail (struct memfile *mf, unsigned mask, uint64_t skip, int err,
+                   bool persistent);
+
+/* From now on record every write, truncate, punch and flush. */
+void memfile_record (struct memfile *mf);
+
+/* Number of recorded operations. */
+size_t memfile_recorded (struct memfile *mf);
+
+/* Is recorded operation i a flush? */
+bool memfile_recorded_is_flush (struct memfile *mf, size_t i);
+
+/* The file as a crash would leave it after the first n recorded
+ * operations: all of them reached the disk, or (drop_unflushed) only
+ * those before the last flush among them.  Returns a new memfile.
+ */
+struct memfile *memfile_crash (struct memfile *mf, size_t n,
+                               bool drop_unflushed);
+
+#endif /* QED_TESTS_MEMFILE_H */

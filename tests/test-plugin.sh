@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# nbdkit-qed tests: the plugin's parameters, help and what it advertises.
+# SPDX-License-Identifier: LGPL-2.1-or-later
+
+source ./functions.sh
+set -e -u -x
+
+requires nbdkit --version
+requires nbdinfo --version
+requires qemu-img --version
+requires jq --version
+
+# --dump-plugin and --help describe the plugin and every parameter.
+nbdkit "$plugin" --dump-plugin > "$tmpdir/dump"
+grep '^name=qed$' "$tmpdir/dump"
+grep '^thread_model=parallel$' "$tmpdir/dump"
+grep '^qed_backing_files=raw,qed$' "$tmpdir/dump"
+nbdkit "$plugin" --help > "$tmpdir/help"
+for p in file= backing= backing-format= allow-backing= l2-cache-size= \
+         locking= check=; do
+    grep -- "$p" "$tmpdir/help"
+done
+
+# Missing and unknown parameters fail at start with a message.
+must_fail nbdkit "$plugin" --run true 2> "$tmpdir/err"
+grep "file=<FILENAME> parameter" "$tmpdir/err"
+qemu-img create -q -f qed -o cluster_size=16k "$tmpdir/disk.qed" 100M
+must_fail nbdkit "$plugin" "$tmpdir/disk.qed" nosuch=1 --run true \
+    2> "$tmpdir/err"
+grep "unknown parameter 'nosuch'" "$tmpdir/err"
+must_fail nbdkit "$plugin" "$tmpdir/disk.qed" check=sometimes --run true \
+    2> "$tmpdir/err"
+grep "check must be auto or always" "$tmpdir/err"
+
+# What a client sees: size, block sizes (preferred = cluster size),
+# multi-conn, and every command.
+start_nbdkit srv "$plugin" "$tmpdir/disk.qed"
+nbdinfo --json "$uri_srv" > "$tmpdir/info"
+cat "$tmpdir/info"
+test "$(jq '.exports[0]."export-size"' "$tmpdir/info")" = 104857600
+test "$(jq '.exports[0]."block_size_minimum"' "$tmpdir/info")" = 1
+test "$(jq '.exports[0]."block_size_preferred"' "$tmpdir/info")" = 16384
+test "$(jq '.exports[0]."block_size_maximum"' "$tmpdir/info")" = 33554432
+for flag in can_multi_conn can_flush can_fua can_trim can_zero \
+            can_fast_zero can_cache; do
+    test "$(jq ".exports[0].$flag" "$tmpdir/info")" = true
+done
+test "$(jq '.exports[0].is_read_only' "$tmpdir/info")" = false

@@ -1,0 +1,61 @@
+/* nbdkit-qed tests: helpers for the C unit tests of lib/.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#ifndef QED_TESTS_TEST_H
+#define QED_TESTS_TEST_H
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qed.h"
+
+#define CHECK(cond)                                                     \
+  do {                                                                  \
+    if (!(cond)) {                                                      \
+      fprintf (stderr, "%s:%d: check failed: %s\n",                     \
+               __FILE__, __LINE__, #cond);                              \
+      exit (EXIT_FAILURE);                                              \
+    }                                                                   \
+  } while (0)
+
+/* expr returns 0 or a negative errno. */
+#define CHECK_OK(expr)                                                  \
+  do {                                                                  \
+    int r_ = (expr);                                                    \
+    if (r_ < 0) {                                                       \
+      fprintf (stderr, "%s:%d: %s failed: %s\n",                        \
+               __FILE__, __LINE__, #expr, strerror (-r_));              \
+      exit (EXIT_FAILURE);                                              \
+    }                                                                   \
+  } while (0)
+
+/* expr must fail with exactly -err. */
+#define CHECK_ERR(expr, err)                                            \
+  do {                                                                  \
+    int r_ = (expr);                                                    \
+    if (r_ != -(err)) {                                                 \
+      fprintf (stderr, "%s:%d: %s returned %d (%s), expected %s\n",     \
+               __FILE__, __LINE__, #expr, r_,                           \
+               r_ < 0 ? strerror (-r_) : "success", strerror (err));    \
+      exit (EXIT_FAILURE);                                              \
+    }                                                                   \
+  } while (0)
+
+/* Keep the engine's messages; also print them with the test's output. */
+void test_capture_log (void);
+/* Did a message since the last test_clear_log contain needle? */
+bool test_log_contains (const char *needle);
+void test_clear_log (void);
+
+/* A new private directory (removed at exit) and a path inside it. */
+const char *test_dir (void);
+char *test_path (const char *name);
+
+/* Deterministic pseudo-random numbers. */
+uint64_t test_rand (uint64_t *state);
+void test_fill_pattern (void *buf, size_t n, uint64_t seed);
+
+#endif /* QED_TESTS_TEST_H */
