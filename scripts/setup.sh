@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# nbdkit-qed: install what the build and the tests need, and build.
+# SPDX-License-Identifier: LGPL-2.1-or-later
+#
+# Used by scripts/serve.sh and scripts/test.sh, or on its own:
+#
+#   scripts/setup.sh
+#
+# On Debian (12 or later) it installs the missing packages with
+# apt-get (through sudo when not root), then builds out of tree in
+# $BUILD_DIR (default: build/ in the source tree) with
+#   autoreconf -fi; configure $CONFIGURE_FLAGS; make -j$(nproc)
+# Running it again only rebuilds what changed.
+#
+# When sourced, it defines qed_setup, which does the same and leaves
+# the source and build directories in $srcdir and $builddir.
+
+# Everything the build, the tests, the demo, the benchmarks and the
+# fuzzers use.  The one list of packages in the project.
+qed_packages=(
+    build-essential             # gcc, make
+    autoconf
+    automake
+    libtool
+    pkg-config
+    nbdkit
+    nbdkit-plugin-dev
+    libnbd-dev
+    libnbd-bin                  # nbdinfo, nbdcopy, nbdsh
+    python3-libnbd              # the nbd module that nbdsh runs
+    qemu-utils                  # qemu-img, qemu-io, qemu-nbd
+    fio
+    jq
+    valgrind
+    perl                        # pod2man, podchecker
+    clang
+)
+
+qed_log ()
+{
+    echo "setup: $*" >&2
+}
+
+# Install the packages of qed_packages that are not installed.
+qed_install_packages ()
+{
+    local missing=() p status sudo=()
+
+    for p in "${qed_packages[@]}"; do
+        status=$(dpkg-query -W -f '${Status}' "$p" 2>/dev/null) || status=
+        [ "$status" = "install ok installed" ] || missing+=("$p")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        qed_log "all needed packages are installed"
+        return 0
+    fi
+
+    if ! command -v apt-get >/dev/null 2>&1; then
+        qed_log "missing packages: ${missing[*]}"
+        qed_log "apt-get was not found: install them (or their equivalents) by hand"
+        return 1
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        if ! command -v sudo >/dev/null 2>&1; then
+            qed_log "missing packages: ${missing[*]}"
+            qed_log "not root and sudo was not found: install them as root"
+            return 1
+        fi
+        sudo=(sudo)
+    fi
+
+    qed_log "installing: ${missing[*]}"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -q -y "${missing[@]}"
+}
+
+# Generate the build system when needed, configure once, then make.
+qed_build ()
+{
+    local jobs
+
+    jobs=$(nproc 2>/dev/null || echo 2)
+    if [ ! -x "$srcdir/configure" ] || [ ! -f "$srcdir/Makefile.in" ]; then
+        qed_log "autoreconf -fi in $srcdir"
+        # m4/ is generated (and not in git): make it so aclocal does
+        # not warn that it is missing.
+        (cd "$srcdir" && mkdir -p m4 && autoreconf -fi) || return 1
+    fi
+    mkdir -p "$builddir" || return 1
+    if [ ! -f "$builddir/Makefile" ]; then
+        qed_log "configure${CONFIGURE_FLAGS:+ $CONFIGURE_FLAGS} in $builddir"
+        # shellcheck disable=SC2086 # CONFIGURE_FLAGS is a list of words
+        (cd "$builddir" && "$srcdir/configure" -q ${CONFIGURE_FLAGS:-}) ||
+            return 1
+    fi
+    qed_log "make -j$jobs in $builddir"
+    make -C "$builddir" --no-print-directory -j"$jobs" || return 1
+}
+
+# Install, then build.  Sets srcdir and builddir.
+qed_setup ()
+{
+    srcdir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd) || return 1
+    builddir=${BUILD_DIR:-$srcdir/build}
+    mkdir -p "$builddir" && builddir=$(cd "$builddir" && pwd) || return 1
+    qed_install_packages && qed_build
+}
+
+# Run directly rather than sourced.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    set -e -u -o pipefail
+    qed_setup
+    qed_log "built in $builddir"
+fi
