@@ -21,7 +21,9 @@
 
 #include "qed.h"
 
-/* Seconds without allocating writes before the image is marked clean. */
+/* Milliseconds without allocating writes before the image is marked
+ * clean (QEMU waits 5 seconds too).
+ */
 #define IDLE_MS 5000
 
 /* NBD's usual largest request; the preferred size is the cluster size. */
@@ -37,9 +39,25 @@ static bool always_check;
 
 static struct qed_image *image;
 
-/* Serializes turning writes on (see qed_open). */
-static pthread_mutex_t enable_writes_lock = PTHREAD_MUTEX_INITIALIZER;
-static bool writes_impossible;
+/* Requests hold the gate shared.  Turning writes on (qed_open) holds
+ * it exclusive: it may repair the image, which must not run under a
+ * request.  Writers are preferred so that a stream of reads cannot
+ * hold it off.
+ */
+static pthread_rwlock_t gate;
+static bool writes_impossible;  /* the file is read-only: do not retry */
+
+static void
+gate_enter (void)
+{
+  pthread_rwlock_rdlock (&gate);
+}
+
+static void
+gate_leave (void)
+{
+  pthread_rwlock_unlock (&gate);
+}
 
 static void
 log_to_nbdkit (enum qed_log_level level, const char *msg)
@@ -54,7 +72,14 @@ log_to_nbdkit (enum qed_log_level level, const char *msg)
 static void
 qed_load (void)
 {
+  pthread_rwlockattr_t attr;
+
   qed_set_log_function (log_to_nbdkit);
+  pthread_rwlockattr_init (&attr);
+  pthread_rwlockattr_setkind_np (&attr,
+                                 PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init (&gate, &attr);
+  pthread_rwlockattr_destroy (&attr);
 }
 
 /* Free the configuration. */
@@ -63,6 +88,7 @@ qed_unload (void)
 {
   free (filename);
   free (backing);
+  pthread_rwlock_destroy (&gate);
 }
 
 /* Parse one key=value parameter. */
@@ -198,27 +224,27 @@ qed_cleanup (void)
   }
 }
 
-/* A writable connection turns writes on (locks, repair) if needed. */
+/* A writable connection turns writes on (write lock, repair) if they
+ * are not on yet.  When that fails -- another process holds the image,
+ * the file is read-only -- the connection is served read-only, and the
+ * log says why.
+ */
 static void *
 qed_open (int readonly)
 {
-  int r;
-
   if (readonly)
     return NBDKIT_HANDLE_NOT_NEEDED;
 
-  pthread_mutex_lock (&enable_writes_lock);
-  r = 0;
+  pthread_rwlock_wrlock (&gate);
   if (!writes_impossible && !qed_image_is_writable (image)) {
-    r = qed_image_enable_writes (image);
-    if (r == -EROFS) {
-      nbdkit_debug ("%s is read-only: serving it read-only", filename);
+    int r = qed_image_enable_writes (image);
+    if (r == -EROFS)
       writes_impossible = true;
-      r = 0;
-    }
+    if (r < 0)
+      nbdkit_debug ("serving this connection read-only");
   }
-  pthread_mutex_unlock (&enable_writes_lock);
-  return r < 0 ? NULL : NBDKIT_HANDLE_NOT_NEEDED;
+  pthread_rwlock_unlock (&gate);
+  return NBDKIT_HANDLE_NOT_NEEDED;
 }
 
 /* Size of the virtual disk. */
@@ -316,7 +342,11 @@ static int
 qed_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
            uint32_t flags)
 {
-  int r = qed_image_read (image, buf, count, offset);
+  int r;
+
+  gate_enter ();
+  r = qed_image_read (image, buf, count, offset);
+  gate_leave ();
   return r < 0 ? fail (r) : 0;
 }
 
@@ -333,25 +363,35 @@ static int
 qed_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
             uint32_t flags)
 {
-  int r = qed_image_write (image, buf, count, offset, engine_flags (flags));
+  int r;
+
+  gate_enter ();
+  r = qed_image_write (image, buf, count, offset, engine_flags (flags));
+  gate_leave ();
   return r < 0 ? fail (r) : 0;
 }
 
 /* Write zeros. */
 static int
-qed_zero (void *handle, uint32_t count, uint64_t offset,
-                   uint32_t flags)
+qed_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  int r = qed_image_zero (image, count, offset, engine_flags (flags));
+  int r;
+
+  gate_enter ();
+  r = qed_image_zero (image, count, offset, engine_flags (flags));
+  gate_leave ();
   return r < 0 ? fail (r) : 0;
 }
 
 /* Give back the space of wholly covered clusters. */
 static int
-qed_trim (void *handle, uint32_t count, uint64_t offset,
-                   uint32_t flags)
+qed_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  int r = qed_image_trim (image, count, offset, engine_flags (flags));
+  int r;
+
+  gate_enter ();
+  r = qed_image_trim (image, count, offset, engine_flags (flags));
+  gate_leave ();
   return r < 0 ? fail (r) : 0;
 }
 
@@ -359,7 +399,11 @@ qed_trim (void *handle, uint32_t count, uint64_t offset,
 static int
 qed_flush (void *handle, uint32_t flags)
 {
-  int r = qed_image_flush (image);
+  int r;
+
+  gate_enter ();
+  r = qed_image_flush (image);
+  gate_leave ();
   return r < 0 ? fail (r) : 0;
 }
 
@@ -387,7 +431,11 @@ qed_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
     .extents = extents,
     .req_one = flags & NBDKIT_FLAG_REQ_ONE,
   };
-  int r = qed_image_block_status (image, count, offset, add_extent, &req);
+  int r;
+
+  gate_enter ();
+  r = qed_image_block_status (image, count, offset, add_extent, &req);
+  gate_leave ();
   return r < 0 ? fail (r) : 0;
 }
 
