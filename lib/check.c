@@ -45,12 +45,14 @@ struct checker {
   char *copy_buf;               /* one cluster */
 };
 
-/* Mark n clusters from host.  Returns false if one was marked before. */
-static bool
+/* Mark n clusters from host.  Returns how many were marked before
+ * (each one a corruption, as qemu-img check counts them).
+ */
+static uint64_t
 mark (struct checker *ck, uint64_t host, uint64_t n)
 {
   uint64_t c = host >> ck->img->cluster_bits;
-  bool fresh = true;
+  uint64_t marked_before = 0;
 
   if (host + (n << ck->img->cluster_bits) > ck->used_end &&
       host < ck->file_size)
@@ -61,10 +63,10 @@ mark (struct checker *ck, uint64_t host, uint64_t n)
       continue;
     bit = c - ck->win_start;
     if (ck->bitmap[bit / 64] & (1ull << (bit % 64)))
-      fresh = false;
+      marked_before++;
     ck->bitmap[bit / 64] |= 1ull << (bit % 64);
   }
-  return fresh;
+  return marked_before;
 }
 
 /* The checks of QEMU's qed_check_cluster_offset / table_offset. */
@@ -79,12 +81,12 @@ offset_valid (const struct checker *ck, uint64_t host, uint64_t len)
 }
 
 static void
-count_corruption (struct checker *ck, bool fixed)
+count_corruptions (struct checker *ck, uint64_t n, bool fixed)
 {
   if (fixed)
-    ck->res->corruptions_fixed++;
+    ck->res->corruptions_fixed += n;
   else
-    ck->res->corruptions++;
+    ck->res->corruptions += n;
 }
 
 /* Copy len bytes at from to a new place at the end of the file. */
@@ -158,7 +160,7 @@ check_data_entry (struct checker *ck, uint64_t *entry, bool *changed)
     ck->res->allocated_clusters++;
   if (!offset_valid (ck, *entry, ck->img->cluster_size)) {
     if (ck->first_pass) {
-      count_corruption (ck, ck->repair);
+      count_corruptions (ck, 1, ck->repair);
       if (ck->repair) {
         *entry = QED_ENTRY_UNALLOCATED;
         *changed = true;
@@ -166,10 +168,10 @@ check_data_entry (struct checker *ck, uint64_t *entry, bool *changed)
     }
     return 0;
   }
-  if (mark (ck, *entry, 1))
+  if (mark (ck, *entry, 1) == 0)
     return 0;
   /* Referenced before: give this entry a copy of its own. */
-  count_corruption (ck, ck->repair);
+  count_corruptions (ck, 1, ck->repair);
   if (!ck->repair)
     return 0;
   r = copy_to_end (ck, *entry, ck->img->cluster_size, &copy);
@@ -212,14 +214,14 @@ static int
 check_l1_entry (struct checker *ck, uint64_t *entry, bool *changed)
 {
   struct qed_image *img = ck->img;
-  uint64_t copy;
+  uint64_t shared, copy, l1 = img->header.l1_table_offset;
   int r;
 
   if (*entry == 0)
     return 0;
   if (!offset_valid (ck, *entry, img->table_bytes)) {
     if (ck->first_pass) {
-      count_corruption (ck, ck->repair);
+      count_corruptions (ck, 1, ck->repair);
       if (ck->repair) {
         *entry = 0;
         *changed = true;
@@ -227,15 +229,27 @@ check_l1_entry (struct checker *ck, uint64_t *entry, bool *changed)
     }
     return 0;
   }
-  if (!mark (ck, *entry, img->header.table_size)) {
-    count_corruption (ck, ck->repair);
-    if (ck->repair) {
-      if ((r = copy_to_end (ck, *entry, img->table_bytes, &copy)) < 0)
-        return r;
-      *entry = copy;
-      *changed = true;
-    }
+  shared = mark (ck, *entry, img->header.table_size);
+  if (shared == 0)
+    return check_l2_table (ck, *entry);
+
+  /* Some of the table's clusters are referenced before.  A check
+   * leaves such a table unwalked (as QEMU does).  Repair clears an
+   * entry that points into the L1 table -- that is no L2 table -- and
+   * gives any other a copy of its own, so its range reads as before.
+   */
+  count_corruptions (ck, shared, ck->repair);
+  if (!ck->repair)
+    return 0;
+  if (*entry < l1 + img->table_bytes && l1 < *entry + img->table_bytes) {
+    *entry = 0;
+    *changed = true;
+    return 0;
   }
+  if ((r = copy_to_end (ck, *entry, img->table_bytes, &copy)) < 0)
+    return r;
+  *entry = copy;
+  *changed = true;
   return check_l2_table (ck, *entry);
 }
 
@@ -300,15 +314,28 @@ truncate_leaks (struct checker *ck)
   return 0;
 }
 
-/* After a repair the tables on disk changed: reload what is cached. */
+/* After a repair the tables on disk changed: reload what is cached.
+ * New L2 tables that earlier failed writes left unlinked go too: the
+ * repair may have truncated their space, and allocation starts again
+ * from the end of the file.
+ */
 static int
 reload (struct qed_image *img)
 {
+  struct pending_table *pt, *next;
   uint64_t size;
   int r = img->file->ops->get_size (img->file, &size);
 
   if (r < 0)
     return r;
+  for (pt = img->pending; pt; pt = next) {
+    next = pt->next;
+    for (size_t i = 0; i < pt->nslices; i++)
+      slice_put (img, pt->slices[i]);
+    free (pt->slices);
+    free (pt);
+  }
+  img->pending = NULL;
   free (img->l1);
   free (img->l1_bad);
   free (img->tables);

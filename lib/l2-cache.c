@@ -98,18 +98,23 @@ l2_cache_find (struct l2_cache *c, uint64_t key)
 struct l2_slice *
 l2_cache_insert (struct l2_cache *c, uint64_t key)
 {
-  struct l2_slice *s = NULL;
+  struct l2_slice *s = NULL, *v, *prev;
 
-  if (c->count >= c->max) {
-    /* Reuse the least recently used slice nobody holds. */
-    for (struct l2_slice *v = c->lru.lru_prev; v != &c->lru; v = v->lru_prev)
-      if (v->refs == 0 && v->state == SLICE_READY) {
-        hash_remove (c, v);
-        lru_unlink (v);
-        c->count--;
-        s = v;
-        break;
-      }
+  /* Evict least recently used slices nobody holds until there is room
+   * (after the cache grew past its budget, more than one), reusing the
+   * first.
+   */
+  for (v = c->lru.lru_prev; c->count >= c->max && v != &c->lru; v = prev) {
+    prev = v->lru_prev;
+    if (v->refs != 0 || v->state != SLICE_READY)
+      continue;
+    hash_remove (c, v);
+    lru_unlink (v);
+    c->count--;
+    if (s == NULL)
+      s = v;
+    else
+      free (v);
   }
   if (s == NULL) {
     s = malloc (sizeof *s);

@@ -6,6 +6,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "internal.h"
 
@@ -28,13 +29,16 @@ qed_set_log_function (qed_log_fn fn)
 void
 qed_log (enum qed_log_level level, const char *fmt, ...)
 {
-  char msg[1024];
+  char *msg;
   va_list ap;
+  int r;
 
   va_start (ap, fmt);
-  vsnprintf (msg, sizeof msg, fmt, ap);
+  r = vasprintf (&msg, fmt, ap);
   va_end (ap);
-  log_function (level, msg);
+  log_function (level, r == -1 ? fmt : msg);    /* fmt: out of memory */
+  if (r != -1)
+    free (msg);
 }
 
 const char *

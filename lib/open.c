@@ -181,7 +181,8 @@ image_open (struct qed_file *file, const char *path,
       r = -ENOMEM;
       goto fail;
     }
-    memcpy (ids, chain_ids, nids * 2 * sizeof *ids);
+    if (nids > 0)
+      memcpy (ids, chain_ids, nids * 2 * sizeof *ids);
     if (qed_file_identity (file, &ids[2 * nids], &ids[2 * nids + 1]) == 0)
       nids++;
     r = backing_open (img, opts, depth, ids, nids);
