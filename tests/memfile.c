@@ -23,6 +23,7 @@ struct memfile {
   unsigned char *data;
   size_t size, alloc;
   uint64_t counts[5];
+  uint64_t bytes_written;
   /* Fault injection. */
   unsigned fail_mask;
   uint64_t fail_skip;
@@ -146,8 +147,10 @@ mf_pwrite (struct qed_file *f, const void *buf, size_t count, uint64_t offset)
   r = injected (mf, MF_PWRITE);
   if (r == 0)
     r = apply_write (mf, buf, count, offset);
-  if (r == 0)
+  if (r == 0) {
+    mf->bytes_written += count;
     record (mf, MF_PWRITE, offset, count, buf);
+  }
   pthread_mutex_unlock (&mf->lock);
   return r;
 }
@@ -287,6 +290,17 @@ memfile_count (struct memfile *mf, unsigned mask)
   return n;
 }
 
+uint64_t
+memfile_bytes_written (struct memfile *mf)
+{
+  uint64_t n;
+
+  pthread_mutex_lock (&mf->lock);
+  n = mf->bytes_written;
+  pthread_mutex_unlock (&mf->lock);
+  return n;
+}
+
 void
 memfile_fail (struct memfile *mf, unsigned mask, uint64_t skip, int err,
               bool persistent)
@@ -319,22 +333,32 @@ memfile_recorded (struct memfile *mf)
   return mf->nrecords;
 }
 
-bool
-memfile_recorded_is_flush (struct memfile *mf, size_t i)
-{
-  return mf->records[i].op == MF_FLUSH;
-}
-
 struct memfile *
-memfile_crash (struct memfile *mf, size_t n, bool drop_unflushed)
+memfile_crash (struct memfile *mf, size_t n, enum memfile_crash_mode mode,
+               uint64_t seed)
 {
   struct memfile *c = memfile_new (mf->base, mf->base_size);
+  size_t flushed = n;
+  uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
 
-  if (drop_unflushed)
-    while (n > 0 && mf->records[n - 1].op != MF_FLUSH)
-      n--;
+  while (flushed > 0 && mf->records[flushed - 1].op != MF_FLUSH)
+    flushed--;
   for (size_t i = 0; i < n; i++) {
     const struct record *r = &mf->records[i];
+
+    if (i >= flushed) {
+      bool keep;
+      switch (mode) {
+      case MF_CRASH_KEEP_ALL: keep = true; break;
+      case MF_CRASH_DROP_ALL: keep = false; break;
+      case MF_CRASH_KEEP_LAST: keep = i == n - 1; break;
+      default:
+        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+        keep = s & 1;
+      }
+      if (!keep)
+        continue;
+    }
     switch (r->op) {
     case MF_PWRITE:
       if (apply_write (c, r->data, r->count, r->offset) < 0)

@@ -37,6 +37,9 @@ const unsigned char *memfile_data (struct memfile *mf, size_t *size);
 /* Operations done so far, of the kinds in mask. */
 uint64_t memfile_count (struct memfile *mf, unsigned mask);
 
+/* Bytes written so far by successful pwrites. */
+uint64_t memfile_bytes_written (struct memfile *mf);
+
 /* Fail operations in mask with -err: the first after skip more of
  * them have succeeded, and every one after it when persistent.
  * err 0 stops injecting.
@@ -50,14 +53,21 @@ void memfile_record (struct memfile *mf);
 /* Number of recorded operations. */
 size_t memfile_recorded (struct memfile *mf);
 
-/* Is recorded operation i a flush? */
-bool memfile_recorded_is_flush (struct memfile *mf, size_t i);
+/* Which of the operations since the last flush reached the disk. */
+enum memfile_crash_mode {
+  MF_CRASH_KEEP_ALL,            /* all of them */
+  MF_CRASH_DROP_ALL,            /* none */
+  MF_CRASH_KEEP_LAST,           /* only the last one: the worst reordering
+                                 * for a write that had to follow others */
+  MF_CRASH_RANDOM,              /* each one with probability 1/2 */
+};
 
 /* The file as a crash would leave it after the first n recorded
- * operations: all of them reached the disk, or (drop_unflushed) only
- * those before the last flush among them.  Returns a new memfile.
+ * operations: those before the last flush among them are on disk, the
+ * others as mode says (seed drives MF_CRASH_RANDOM).  Returns a new
+ * memfile.
  */
 struct memfile *memfile_crash (struct memfile *mf, size_t n,
-                               bool drop_unflushed);
+                               enum memfile_crash_mode mode, uint64_t seed);
 
 #endif /* QED_TESTS_MEMFILE_H */
