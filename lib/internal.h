@@ -187,6 +187,8 @@ int header_write (struct qed_image *img);
 int lookup_run (struct qed_image *img, uint64_t offset, uint64_t length,
                 struct run *run);
 void run_release (struct qed_image *img, struct run *run);
+int lookup_run_unlocked (struct qed_image *img, uint64_t offset,
+                         uint64_t length, struct run *run);
 int slice_get (struct qed_image *img, uint64_t key, bool create_zeroed,
                struct l2_slice **sp);
 void slice_put (struct qed_image *img, struct l2_slice *s);

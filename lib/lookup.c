@@ -155,3 +155,19 @@ lookup_run (struct qed_image *img, uint64_t offset, uint64_t length,
     report_bad (img, run, s->entries[idx], "L2");
   return 0;
 }
+
+/* For callers that act on the run without the table lock (see the
+ * notes in internal.h: a data cluster, once mapped, stays mapped).
+ */
+int
+lookup_run_unlocked (struct qed_image *img, uint64_t offset, uint64_t length,
+                     struct run *run)
+{
+  int r;
+
+  pthread_mutex_lock (&img->lock);
+  r = lookup_run (img, offset, length, run);
+  run_release (img, run);
+  pthread_mutex_unlock (&img->lock);
+  return r;
+}

@@ -68,10 +68,7 @@ qed_image_block_status (struct qed_image *img, uint64_t count, uint64_t offset,
     struct run run;
     int r;
 
-    pthread_mutex_lock (&img->lock);
-    r = lookup_run (img, offset, count, &run);
-    run_release (img, &run);
-    pthread_mutex_unlock (&img->lock);
+    r = lookup_run_unlocked (img, offset, count, &run);
     if (r < 0)
       return r;
 

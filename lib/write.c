@@ -121,8 +121,55 @@ write_new_clusters (struct qed_image *img, const struct alloc *a,
   return r;
 }
 
-/* Write data or zeros into one run from offset.  Returns the number
- * of bytes done, or a negative errno.
+/* Does the run already read as zeros without anything being done? */
+static bool
+reads_as_zero (const struct qed_image *img, enum run_kind kind)
+{
+  return kind == RUN_ZERO || (kind == RUN_UNALLOC && img->backing == NULL);
+}
+
+/* Does what the run reads as have to change into new clusters?
+ * zeroing: the request writes zeros, so what reads as zeros already
+ * needs nothing.
+ */
+static bool
+needs_new_clusters (const struct qed_image *img, enum run_kind kind,
+                    bool zeroing)
+{
+  if (kind == RUN_DATA || kind == RUN_BAD)
+    return false;
+  return !zeroing || !reads_as_zero (img, kind);
+}
+
+/* Look up the run at offset and, if it needs new clusters, reserve
+ * them in a (zero clusters when zero_clusters), first waiting for any
+ * other request allocating its first cluster.
+ */
+static int
+lookup_and_reserve (struct qed_image *img, uint64_t offset, uint64_t count,
+                    bool zeroing, bool zero_clusters, struct run *run,
+                    struct alloc *a)
+{
+  int r;
+
+  pthread_mutex_lock (&img->lock);
+  for (;;) {
+    r = lookup_run (img, offset, count, run);
+    if (r < 0 || !needs_new_clusters (img, run->kind, zeroing))
+      break;
+    r = alloc_reserve (img, run, zero_clusters, a);
+    if (r != -EAGAIN)
+      break;
+    run_release (img, run);
+    pthread_cond_wait (&img->cond, &img->lock);
+  }
+  run_release (img, run);
+  pthread_mutex_unlock (&img->lock);
+  return r;
+}
+
+/* Write data into one run from offset.  Returns the number of bytes
+ * done, or a negative errno.
  */
 static int64_t
 write_run (struct qed_image *img, const void *buf, uint64_t count,
@@ -130,28 +177,14 @@ write_run (struct qed_image *img, const void *buf, uint64_t count,
 {
   struct run run;
   struct alloc a;
-  int r;
+  int r = lookup_and_reserve (img, offset, count, false, false, &run, &a);
 
-  pthread_mutex_lock (&img->lock);
-  for (;;) {
-    r = lookup_run (img, offset, count, &run);
-    if (r < 0 || run.kind == RUN_DATA || run.kind == RUN_BAD)
-      break;
-    r = alloc_reserve (img, &run, false, &a);
-    if (r != -EAGAIN)
-      break;
-    run_release (img, &run);
-    pthread_cond_wait (&img->cond, &img->lock);
-  }
-  run_release (img, &run);
-  pthread_mutex_unlock (&img->lock);
   if (r < 0)
     return r;
 
   switch (run.kind) {
   case RUN_DATA:
-    r = buf ? pwrite_logged (img, buf, run.length, run.host)
-      : write_zeros (img, run.host, run.length);
+    r = pwrite_logged (img, buf, run.length, run.host);
     break;
   case RUN_BAD:
     r = -EIO;
@@ -198,13 +231,6 @@ zero_piece (const struct qed_image *img, uint64_t count, uint64_t offset,
   return count < to_boundary ? count : to_boundary;
 }
 
-/* Does the run already read as zeros without anything being done? */
-static bool
-reads_as_zero (const struct qed_image *img, enum run_kind kind)
-{
-  return kind == RUN_ZERO || (kind == RUN_UNALLOC && img->backing == NULL);
-}
-
 /* Would zeroing the range only change metadata or punch holes? */
 static int
 zero_is_fast (struct qed_image *img, uint64_t count, uint64_t offset,
@@ -216,10 +242,7 @@ zero_is_fast (struct qed_image *img, uint64_t count, uint64_t offset,
     uint64_t n = zero_piece (img, count, offset, &whole);
     int r;
 
-    pthread_mutex_lock (&img->lock);
-    r = lookup_run (img, offset, n, &run);
-    run_release (img, &run);
-    pthread_mutex_unlock (&img->lock);
+    r = lookup_run_unlocked (img, offset, n, &run);
     if (r < 0)
       return r;
     if (!reads_as_zero (img, run.kind) && run.kind != RUN_BAD &&
@@ -262,25 +285,11 @@ zero_run (struct qed_image *img, uint64_t count, uint64_t offset,
   struct alloc a;
   bool whole;
   uint64_t n = zero_piece (img, count, offset, &whole);
-  int r;
+  /* Unallocated over a backing file: whole clusters become zero
+   * clusters, a partial one is allocated and written with zeros.
+   */
+  int r = lookup_and_reserve (img, offset, n, true, whole, &run, &a);
 
-  pthread_mutex_lock (&img->lock);
-  for (;;) {
-    r = lookup_run (img, offset, n, &run);
-    if (r < 0 || run.kind == RUN_DATA || run.kind == RUN_BAD ||
-        reads_as_zero (img, run.kind))
-      break;
-    /* Unallocated over a backing file: whole clusters become zero
-     * clusters, a partial one is allocated and written with zeros.
-     */
-    r = alloc_reserve (img, &run, whole, &a);
-    if (r != -EAGAIN)
-      break;
-    run_release (img, &run);
-    pthread_cond_wait (&img->cond, &img->lock);
-  }
-  run_release (img, &run);
-  pthread_mutex_unlock (&img->lock);
   if (r < 0)
     return r;
 
@@ -289,7 +298,7 @@ zero_run (struct qed_image *img, uint64_t count, uint64_t offset,
   else if (run.kind == RUN_DATA)
     r = whole ? punch_or_write_zeros (img, run.host, run.length, flags)
       : write_zeros (img, run.host, run.length);
-  else if (!reads_as_zero (img, run.kind)) {
+  else if (needs_new_clusters (img, run.kind, true)) {
     r = whole ? 0 : write_new_clusters (img, &a, NULL, run.length, offset);
     r = alloc_commit (img, &a, r);
   }
@@ -331,10 +340,7 @@ qed_image_trim (struct qed_image *img, uint64_t count, uint64_t offset,
   while (offset < end) {
     struct run run;
 
-    pthread_mutex_lock (&img->lock);
-    r = lookup_run (img, offset, end - offset, &run);
-    run_release (img, &run);
-    pthread_mutex_unlock (&img->lock);
+    r = lookup_run_unlocked (img, offset, end - offset, &run);
     if (r < 0)
       return r;
     if (run.kind == RUN_DATA) {

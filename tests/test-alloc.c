@@ -178,39 +178,10 @@ open_image (struct memfile *mf)
 }
 
 static void
-check_model (struct qed_image *img)
-{
-  unsigned char *buf = malloc (SIZE);
-
-  CHECK (buf != NULL);
-  CHECK_OK (qed_image_read (img, buf, SIZE, 0));
-  if (memcmp (buf, model, SIZE) != 0)
-    for (size_t i = 0; i < SIZE; i++)
-      if (buf[i] != model[i]) {
-        fprintf (stderr, "mismatch at byte %zu: image %02x model %02x\n",
-                 i, buf[i], model[i]);
-        exit (EXIT_FAILURE);
-      }
-  free (buf);
-}
-
-static void
-write_both (struct qed_image *img, uint64_t offset, size_t n, uint64_t seed)
-{
-  unsigned char *buf = malloc (n);
-
-  CHECK (buf != NULL);
-  test_fill_pattern (buf, n, seed);
-  CHECK_OK (qed_image_write (img, buf, n, offset, 0));
-  memcpy (model + offset, buf, n);
-  free (buf);
-}
-
-static void
 write_clusters (struct memfile *mf, struct qed_image *img, uint64_t vc,
                 uint64_t n, uint64_t seed)
 {
-  write_both (img, vc * CLUSTER, n * CLUSTER, seed);
+  test_model_write (model, img, vc * CLUSTER, n * CLUSTER, seed);
   check_layout (mf);
 }
 
@@ -290,14 +261,14 @@ test_append_order (struct memfile *mf, struct qed_image *img)
 
   /* Rewriting allocated clusters allocates nothing. */
   write_clusters (mf, img, 5, 4, 8);
-  write_both (img, 10 * CLUSTER + 1, 6 * CLUSTER - 2, 9);
+  test_model_write (model, img, 10 * CLUSTER + 1, 6 * CLUSTER - 2, 9);
   CHECK (file_size (mf) == end);
   /* Clusters 4 and 9 are still holes: filling them appends. */
   write_clusters (mf, img, 3, 13, 10);
   CHECK (l2_entry (mf, 4) == end && l2_entry (mf, 9) == end + CLUSTER);
   end += 2 * CLUSTER;
   CHECK (file_size (mf) == end);
-  check_model (img);
+  test_model_check (model, SIZE, img);
 }
 
 /* A small unaligned write into a new cluster writes the data, not the
@@ -320,7 +291,7 @@ test_no_padding (struct memfile *mf, struct qed_image *img)
       - w[i].offset / CLUSTER + 1;
     uint64_t grown;
 
-    write_both (img, w[i].offset, w[i].n, 100 + i);
+    test_model_write (model, img, w[i].offset, w[i].n, 100 + i);
     check_layout (mf);
     grown = file_size (mf) - end;
     CHECK (grown == clusters * CLUSTER ||
@@ -336,7 +307,7 @@ test_no_padding (struct memfile *mf, struct qed_image *img)
       exit (EXIT_FAILURE);
     }
   }
-  check_model (img);
+  test_model_check (model, SIZE, img);
 }
 
 /* The clusters around [offset, offset + n) read as data there and
@@ -531,7 +502,7 @@ test_races (struct memfile *mf, struct qed_image *img)
       CHECK (l2_entry (mf, vc + i * stride) >= end);
   }
   free (buf);
-  check_model (img);
+  test_model_check (model, SIZE, img);
 }
 
 /* A disk whose size is not a multiple of the cluster size: its last
@@ -640,10 +611,10 @@ test_runs (struct memfile **mfp, struct qed_image **imgp)
   CHECK (buf != NULL);
   for (uint64_t i = 0; i < 12; i++)
     CHECK (l2_entry (mf, base + i) == 0);
-  write_both (img, base * CLUSTER, 4 * CLUSTER, 20);
-  write_both (img, (base + 9) * CLUSTER, CLUSTER, 21);
-  write_both (img, (base + 8) * CLUSTER, CLUSTER, 22);
-  write_both (img, (base + 10) * CLUSTER, 2 * CLUSTER, 23);
+  test_model_write (model, img, base * CLUSTER, 4 * CLUSTER, 20);
+  test_model_write (model, img, (base + 9) * CLUSTER, CLUSTER, 21);
+  test_model_write (model, img, (base + 8) * CLUSTER, CLUSTER, 22);
+  test_model_write (model, img, (base + 10) * CLUSTER, 2 * CLUSTER, 23);
   check_layout (mf);
   CHECK (l2_entry (mf, base + 8) == l2_entry (mf, base + 9) + CLUSTER);
   CHECK (l2_entry (mf, base + 10) == l2_entry (mf, base + 8) + CLUSTER);
@@ -727,7 +698,7 @@ test_zero_unallocated (struct memfile *mf, struct qed_image *img)
   p = memfile_data (mf, &size2);
   CHECK (size2 == size && memcmp (p, before, size) == 0);
   free (before);
-  check_model (img);
+  test_model_check (model, SIZE, img);
 }
 
 int
@@ -755,11 +726,11 @@ main (void)
   /* Consistent, and the same after closing and reopening. */
   CHECK_OK (qed_image_check (img, false, &res));
   CHECK (res.corruptions == 0 && res.leaks == 0 && res.check_errors == 0);
-  check_model (img);
+  test_model_check (model, SIZE, img);
   CHECK_OK (qed_image_close (img));
   check_layout (mf);
   img = open_image (mf);
-  check_model (img);
+  test_model_check (model, SIZE, img);
   CHECK_OK (qed_image_check (img, false, &res));
   CHECK (res.corruptions == 0 && res.leaks == 0 && res.check_errors == 0);
   CHECK_OK (qed_image_close (img));

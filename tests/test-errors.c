@@ -42,30 +42,6 @@ open_image (struct memfile *mf)
   return img;
 }
 
-/* The image reads as the model, except in [skip, skip + nskip). */
-static void
-check_model_except_at (int line, struct qed_image *img, uint64_t skip,
-                       uint64_t nskip)
-{
-  unsigned char *buf = malloc (SIZE);
-
-  CHECK (buf != NULL);
-  CHECK_OK (qed_image_read (img, buf, SIZE, 0));
-  if (nskip > 0)
-    memcpy (buf + skip, model + skip, nskip);
-  if (memcmp (buf, model, SIZE) != 0)
-    for (uint64_t i = 0; i < SIZE; i++)
-      if (buf[i] != model[i]) {
-        fprintf (stderr, "line %d: mismatch at byte %" PRIu64 ": image"
-                 " %02x model %02x\n", line, i, buf[i], model[i]);
-        exit (EXIT_FAILURE);
-      }
-  free (buf);
-}
-#define check_model(img) check_model_except_at (__LINE__, img, 0, 0)
-#define check_model_except(img, s, n) \
-  check_model_except_at (__LINE__, img, s, n)
-
 static void
 check_consistent_at (int line, struct qed_image *img)
 {
@@ -81,18 +57,6 @@ check_consistent_at (int line, struct qed_image *img)
 }
 #define check_consistent(img) check_consistent_at (__LINE__, img)
 
-static void
-write_both (struct qed_image *img, uint64_t offset, size_t n, uint64_t seed)
-{
-  unsigned char *buf = malloc (n);
-
-  CHECK (buf != NULL);
-  test_fill_pattern (buf, n, seed);
-  CHECK_OK (qed_image_write (img, buf, n, offset, 0));
-  memcpy (model + offset, buf, n);
-  free (buf);
-}
-
 /* The base image: data in L1 ranges 0 and 1, closed cleanly. */
 static void
 make_base (void)
@@ -106,11 +70,11 @@ make_base (void)
 
   CHECK_OK (qed_create_file (memfile_file (mf), &copts));
   img = open_image (mf);
-  write_both (img, 0, 3 * CLUSTER, 1);
-  write_both (img, 10 * CLUSTER + 500, 1000, 2);
-  write_both (img, 21 * CLUSTER, CLUSTER, 3);
-  write_both (img, (NELEMS - 2) * CLUSTER, 2 * CLUSTER, 4);
-  write_both (img, L1_SPAN + 5 * CLUSTER, 2 * CLUSTER, 5);
+  test_model_write (model, img, 0, 3 * CLUSTER, 1);
+  test_model_write (model, img, 10 * CLUSTER + 500, 1000, 2);
+  test_model_write (model, img, 21 * CLUSTER, CLUSTER, 3);
+  test_model_write (model, img, (NELEMS - 2) * CLUSTER, 2 * CLUSTER, 4);
+  test_model_write (model, img, L1_SPAN + 5 * CLUSTER, 2 * CLUSTER, 5);
   CHECK_OK (qed_image_close (img));
   p = memfile_data (mf, &base_size);
   base_bytes = malloc (base_size);
@@ -162,7 +126,7 @@ fail_one (const struct shape *s, unsigned mask, uint64_t k, int err,
 
   CHECK (buf != NULL);
   test_fill_pattern (buf, s->n, 99);
-  check_model (img);
+  test_model_check (model, SIZE, img);
   fprintf (stderr, "%s: failing %s %" PRIu64 " with %s%s%s\n", s->what,
            mask == MF_PWRITE ? "pwrite" : "flush", k, strerror (err),
            persistent ? " (persistent)" : "",
@@ -187,30 +151,30 @@ fail_one (const struct shape *s, unsigned mask, uint64_t k, int err,
 
   if (fired) {
     /* Nothing acknowledged is lost; the failed range is unspecified. */
-    check_model_except (img, s->offset, s->n);
+    test_model_check_except (model, SIZE, img, s->offset, s->n);
     check_consistent (img);
     if (after == AFTER_REOPEN) {
       CHECK_OK (qed_image_close (img));
       img = open_image (mf);
-      check_model_except (img, s->offset, s->n);
+      test_model_check_except (model, SIZE, img, s->offset, s->n);
     }
     else if (after == AFTER_REPAIR) {
       struct qed_check_result res;
       CHECK_OK (qed_image_check (img, true, &res));
       CHECK (res.corruptions == 0 && res.check_errors == 0);
-      check_model_except (img, s->offset, s->n);
+      test_model_check_except (model, SIZE, img, s->offset, s->n);
     }
     /* The same write now succeeds. */
     CHECK_OK (qed_image_write (img, buf, s->n, s->offset, flags));
   }
   memcpy (model + s->offset, buf, s->n);
-  check_model (img);
+  test_model_check (model, SIZE, img);
   check_consistent (img);
 
   /* And all of it survives closing. */
   CHECK_OK (qed_image_close (img));
   img = open_image (mf);
-  check_model (img);
+  test_model_check (model, SIZE, img);
   check_consistent (img);
   CHECK_OK (qed_image_close (img));
 
@@ -348,7 +312,7 @@ test_l2_errors (void)
              EIO);
   CHECK_ERR (qed_image_zero (img, CLUSTER, 21 * CLUSTER, QED_MAY_TRIM), EIO);
   memfile_fail (mf, 0, 0, 0, false);
-  check_model (img);
+  test_model_check (model, SIZE, img);
   check_consistent (img);
   CHECK_OK (qed_image_write (img, data, 100, 21 * CLUSTER + 5, 0));
   memcpy (model + 21 * CLUSTER + 5, data, 100);
@@ -357,7 +321,7 @@ test_l2_errors (void)
   n = 0;
   CHECK_OK (qed_image_block_status (img, CLUSTER, 0, count_extents, &n));
   CHECK (n >= 1);
-  check_model (img);
+  test_model_check (model, SIZE, img);
   check_consistent (img);
   CHECK_OK (qed_image_close (img));
 
@@ -468,7 +432,7 @@ test_in_place (void)
   memfile_fail (mf, MF_PUNCH | MF_PWRITE, 0, EIO, true);
   CHECK_ERR (qed_image_trim (img, CLUSTER, 21 * CLUSTER, 0), EIO);
   memfile_fail (mf, 0, 0, 0, false);
-  check_model_except (img, 21 * CLUSTER, CLUSTER);
+  test_model_check_except (model, SIZE, img, 21 * CLUSTER, CLUSTER);
   CHECK_OK (qed_image_zero (img, CLUSTER, 21 * CLUSTER, QED_MAY_TRIM));
   memset (model + 21 * CLUSTER, 0, CLUSTER);
 
@@ -480,11 +444,11 @@ test_in_place (void)
   memcpy (model + 5, data, 10);         /* written, only not flushed */
   CHECK_OK (qed_image_flush (img));
 
-  check_model (img);
+  test_model_check (model, SIZE, img);
   check_consistent (img);
   CHECK_OK (qed_image_close (img));
   img = open_image (mf);
-  check_model (img);
+  test_model_check (model, SIZE, img);
   CHECK_OK (qed_image_close (img));
   memfile_free (mf);
 }

@@ -31,45 +31,17 @@ open_image (struct memfile *mf)
   return img;
 }
 
-static void
-check_model (struct qed_image *img)
-{
-  unsigned char *buf = malloc (SIZE);
-
-  CHECK (buf != NULL);
-  CHECK_OK (qed_image_read (img, buf, SIZE, 0));
-  for (size_t i = 0; i < SIZE; i++)
-    if (buf[i] != model[i]) {
-      fprintf (stderr, "mismatch at byte %zu: image %02x model %02x\n",
-               i, buf[i], model[i]);
-      exit (EXIT_FAILURE);
-    }
-  free (buf);
-}
-
-static void
-write_both (struct qed_image *img, uint64_t offset, size_t n, uint64_t seed)
-{
-  unsigned char *buf = malloc (n);
-
-  CHECK (buf != NULL);
-  test_fill_pattern (buf, n, seed);
-  CHECK_OK (qed_image_write (img, buf, n, offset, 0));
-  memcpy (model + offset, buf, n);
-  free (buf);
-}
-
 /* Unaligned writes inside, across and at the ends of clusters. */
 static void
 test_unaligned_writes (struct qed_image *img)
 {
-  write_both (img, 0, 1, 1);
-  write_both (img, 1000, 70000, 2);
-  write_both (img, CLUSTER - 5, 10, 3);
-  write_both (img, 3 * CLUSTER + 17, 5 * CLUSTER, 4);
-  write_both (img, SIZE - 513, 513, 5);
-  write_both (img, 2000, 100, 6);              /* in place */
-  check_model (img);
+  test_model_write (model, img, 0, 1, 1);
+  test_model_write (model, img, 1000, 70000, 2);
+  test_model_write (model, img, CLUSTER - 5, 10, 3);
+  test_model_write (model, img, 3 * CLUSTER + 17, 5 * CLUSTER, 4);
+  test_model_write (model, img, SIZE - 513, 513, 5);
+  test_model_write (model, img, 2000, 100, 6);              /* in place */
+  test_model_check (model, SIZE, img);
 }
 
 /* A request over contiguous clusters is one pread. */
@@ -80,7 +52,7 @@ test_runs (struct memfile *mf, struct qed_image *img)
   uint64_t before;
 
   CHECK (buf != NULL);
-  write_both (img, 16 * 1024 * 1024, 1024 * 1024, 7);
+  test_model_write (model, img, 16 * 1024 * 1024, 1024 * 1024, 7);
   before = memfile_count (mf, MF_PREAD);
   CHECK_OK (qed_image_read (img, buf, 1024 * 1024, 16 * 1024 * 1024));
   CHECK (memfile_count (mf, MF_PREAD) == before + 1);
@@ -124,7 +96,7 @@ test_zero (struct memfile *mf, struct qed_image *img)
   CHECK_OK (qed_image_zero (img, 2 * CLUSTER, 16 * 1024 * 1024,
                             QED_FAST_ZERO | QED_MAY_TRIM));
   memset (model + 16 * 1024 * 1024, 0, 2 * CLUSTER);
-  check_model (img);
+  test_model_check (model, SIZE, img);
 }
 
 /* Trim gives back wholly covered clusters only. */
@@ -140,7 +112,7 @@ test_trim (struct memfile *mf, struct qed_image *img)
   CHECK_OK (qed_image_trim (img, 2 * CLUSTER, offset, 0));
   CHECK (memfile_count (mf, MF_PUNCH) > punches);
   memset (model + offset, 0, 2 * CLUSTER);
-  check_model (img);
+  test_model_check (model, SIZE, img);
 }
 
 /* Many threads allocating in the same clusters at once. */
@@ -185,7 +157,7 @@ test_threads (struct qed_image *img)
   }
   for (unsigned i = 0; i < THREADS; i++)
     pthread_join (threads[i], NULL);
-  check_model (img);
+  test_model_check (model, SIZE, img);
 }
 
 int
@@ -204,7 +176,7 @@ main (void)
   CHECK_OK (qed_create_file (memfile_file (mf), &copts));
   img = open_image (mf);
   CHECK (qed_image_size (img) == SIZE);
-  check_model (img);
+  test_model_check (model, SIZE, img);
 
   test_unaligned_writes (img);
   test_runs (mf, img);
@@ -215,7 +187,7 @@ main (void)
   /* Everything survives closing and reopening, and the image is clean. */
   CHECK_OK (qed_image_close (img));
   img = open_image (mf);
-  check_model (img);
+  test_model_check (model, SIZE, img);
   CHECK_OK (qed_image_check (img, false, &res));
   CHECK (res.corruptions == 0 && res.leaks == 0 && res.check_errors == 0);
   CHECK_OK (qed_image_close (img));

@@ -53,35 +53,6 @@ data_offset (unsigned r)
   return r * SPAN + (r * 7 % NELEMS) * (uint64_t) CLUSTER;
 }
 
-static void
-write_both (struct qed_image *img, uint64_t offset, size_t n, uint64_t seed)
-{
-  unsigned char *buf = malloc (n);
-
-  CHECK (buf != NULL);
-  test_fill_pattern (buf, n, seed);
-  CHECK_OK (qed_image_write (img, buf, n, offset, 0));
-  memcpy (model + offset, buf, n);
-  free (buf);
-}
-
-static void
-check_model (struct qed_image *img)
-{
-  const size_t chunk = 4 * 1024 * 1024;
-  unsigned char *buf = malloc (chunk);
-
-  CHECK (buf != NULL);
-  for (uint64_t off = 0; off < SIZE; off += chunk) {
-    CHECK_OK (qed_image_read (img, buf, chunk, off));
-    if (memcmp (buf, model + off, chunk) != 0) {
-      fprintf (stderr, "mismatch in [%" PRIu64 ", +%zu)\n", off, chunk);
-      exit (EXIT_FAILURE);
-    }
-  }
-  free (buf);
-}
-
 /* Read one cluster of each of ranges [first, first + n); returns the
  * number of preads beyond the one data pread each needs.
  */
@@ -107,10 +78,10 @@ populate (struct memfile *mf)
   struct qed_image *img = open_image (mf, 0);
 
   for (unsigned r = 0; r < POPULATED; r++)
-    write_both (img, data_offset (r), CLUSTER, r + 1);
+    test_model_write (model, img, data_offset (r), CLUSTER, r + 1);
   /* More clusters in range 0, some contiguous. */
-  write_both (img, 100 * CLUSTER + 17, 5 * CLUSTER, 100);
-  write_both (img, 300 * CLUSTER, CLUSTER, 101);
+  test_model_write (model, img, 100 * CLUSTER + 17, 5 * CLUSTER, 100);
+  test_model_write (model, img, 300 * CLUSTER, CLUSTER, 101);
   CHECK_OK (qed_image_close (img));
 }
 
@@ -124,7 +95,7 @@ test_budget (struct memfile *mf)
   /* Everything reads back through a cache much smaller than the
    * tables.
    */
-  check_model (img);
+  test_model_check (model, SIZE, img);
 
   /* One region again and again: its table is read once. */
   CHECK (table_reads (mf, img, 3, 1) <= 1);
@@ -162,7 +133,7 @@ test_budget (struct memfile *mf)
   CHECK (table_reads (mf, img, 0, POPULATED) <= POPULATED);
   for (int pass = 0; pass < 3; pass++)
     CHECK (table_reads (mf, img, 0, POPULATED) == 0);
-  check_model (img);
+  test_model_check (model, SIZE, img);
   CHECK_OK (qed_image_close (img));
 }
 
@@ -222,13 +193,13 @@ test_threads (struct memfile *mf)
   }
   for (unsigned i = 0; i < THREADS; i++)
     CHECK (pthread_join (th[i], NULL) == 0);
-  check_model (img);
+  test_model_check (model, SIZE, img);
   CHECK_OK (qed_image_check (img, false, &res));
   CHECK (res.corruptions == 0 && res.leaks == 0 && res.check_errors == 0);
   CHECK_OK (qed_image_close (img));
 
   img = open_image (mf, SMALL_CACHE);
-  check_model (img);
+  test_model_check (model, SIZE, img);
   CHECK_OK (qed_image_close (img));
 }
 
@@ -283,12 +254,12 @@ test_threads_shared (struct memfile *mf)
   }
   for (unsigned i = 0; i < THREADS; i++)
     CHECK (pthread_join (th[i], NULL) == 0);
-  check_model (img);
+  test_model_check (model, SIZE, img);
   CHECK_OK (qed_image_check (img, false, &res));
   CHECK (res.corruptions == 0 && res.leaks == 0 && res.check_errors == 0);
   CHECK_OK (qed_image_close (img));
   img = open_image (mf, SMALL_CACHE);
-  check_model (img);
+  test_model_check (model, SIZE, img);
   CHECK_OK (qed_image_close (img));
 }
 
@@ -327,7 +298,7 @@ test_budget_after_pins (void)
     CHECK_OK (qed_image_write (img, buf, CLUSTER, data_offset (r), 0));
     memcpy (model + data_offset (r), buf, CLUSTER);
   }
-  check_model (img);
+  test_model_check (model, SIZE, img);
 
   /* A cycle over more tables than the budget must miss. */
   table_reads (mf, img, 0, cycle);

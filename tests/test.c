@@ -4,6 +4,7 @@
 
 #include <config.h>
 
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -120,4 +121,55 @@ test_fill_pattern (void *buf, size_t n, uint64_t seed)
       s = test_rand (&s);
     p[i] = s >> (8 * (i % 8));
   }
+}
+
+void
+test_model_write (unsigned char *model, struct qed_image *img,
+                  uint64_t offset, size_t n, uint64_t seed)
+{
+  unsigned char *buf = malloc (n ? n : 1);
+  int r;
+
+  if (buf == NULL)
+    abort ();
+  test_fill_pattern (buf, n, seed);
+  r = qed_image_write (img, buf, n, offset, 0);
+  if (r < 0) {
+    fprintf (stderr, "write of %zu at %" PRIu64 ": %s\n", n, offset,
+             strerror (-r));
+    exit (EXIT_FAILURE);
+  }
+  memcpy (model + offset, buf, n);
+  free (buf);
+}
+
+void
+test_model_check_except_at (int line, const unsigned char *model,
+                            uint64_t size, struct qed_image *img,
+                            uint64_t skip, uint64_t nskip)
+{
+  const uint64_t chunk = 4 * 1024 * 1024;
+  unsigned char *buf = malloc (chunk);
+
+  if (buf == NULL)
+    abort ();
+  for (uint64_t off = 0; off < size; off += chunk) {
+    uint64_t n = size - off < chunk ? size - off : chunk;
+    int r = qed_image_read (img, buf, n, off);
+
+    if (r < 0) {
+      fprintf (stderr, "line %d: read at %" PRIu64 ": %s\n", line, off,
+               strerror (-r));
+      exit (EXIT_FAILURE);
+    }
+    for (uint64_t i = 0; i < n; i++)
+      if (buf[i] != model[off + i] &&
+          !(off + i >= skip && off + i - skip < nskip)) {
+        fprintf (stderr, "line %d: mismatch at byte %" PRIu64 ": image"
+                 " %02x model %02x\n", line, off + i, buf[i],
+                 model[off + i]);
+        exit (EXIT_FAILURE);
+      }
+  }
+  free (buf);
 }

@@ -6,6 +6,7 @@
 #define QED_TESTS_TEST_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,21 @@ void test_clear_log (void);
 /* A new private directory (removed at exit) and a path inside it. */
 const char *test_dir (void);
 char *test_path (const char *name);
+
+/* A model of a virtual disk of size bytes: what an image must read. */
+
+/* Write n bytes of a pattern (from seed) to the image and the model. */
+void test_model_write (unsigned char *model, struct qed_image *img,
+                       uint64_t offset, size_t n, uint64_t seed);
+
+/* The whole image reads as the model, but for [skip, skip + nskip). */
+void test_model_check_except_at (int line, const unsigned char *model,
+                                 uint64_t size, struct qed_image *img,
+                                 uint64_t skip, uint64_t nskip);
+#define test_model_check(model, size, img) \
+  test_model_check_except_at (__LINE__, model, size, img, 0, 0)
+#define test_model_check_except(model, size, img, skip, nskip) \
+  test_model_check_except_at (__LINE__, model, size, img, skip, nskip)
 
 /* Deterministic pseudo-random numbers. */
 uint64_t test_rand (uint64_t *state);
