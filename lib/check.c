@@ -12,7 +12,9 @@
  *
  * The bitmap covers at most CHECK_WINDOW clusters; a larger file is
  * checked in several passes over the tables, one per window, so memory
- * stays bounded whatever the file size.
+ * stays bounded whatever the file size.  Repair copies at most as many
+ * bytes as the file had (a hostile image could share one table among
+ * thousands of entries); past that it clears the entries instead.
  *
  * Runs with no requests in flight.
  */
@@ -42,6 +44,8 @@ struct checker {
   uint64_t *bitmap;
   uint64_t used_end;            /* end of the highest referenced cluster */
   uint64_t alloc_end;           /* where repair puts copies */
+  uint64_t copy_budget;         /* bytes repair may still copy */
+  bool budget_spent;
   char *copy_buf;               /* one cluster */
 };
 
@@ -89,7 +93,9 @@ count_corruptions (struct checker *ck, uint64_t n, bool fixed)
     ck->res->corruptions += n;
 }
 
-/* Copy len bytes at from to a new place at the end of the file. */
+/* Copy len bytes at from to a new place at the end of the file; *to
+ * is 0 when the copy budget is spent.
+ */
 static int
 copy_to_end (struct checker *ck, uint64_t from, uint64_t len, uint64_t *to)
 {
@@ -97,6 +103,16 @@ copy_to_end (struct checker *ck, uint64_t from, uint64_t len, uint64_t *to)
   uint64_t cs = ck->img->cluster_size;
   int r;
 
+  if (len > ck->copy_budget) {
+    if (!ck->budget_spent)
+      qed_notice ("%s: repair: too many shared clusters to copy them all;"
+                  " clearing the remaining entries that share clusters",
+                  image_name (ck->img));
+    ck->budget_spent = true;
+    *to = 0;
+    return 0;
+  }
+  ck->copy_budget -= len;
   if (ck->copy_buf == NULL && (ck->copy_buf = malloc (cs)) == NULL)
     return -ENOMEM;
   *to = ck->alloc_end;
@@ -177,7 +193,7 @@ check_data_entry (struct checker *ck, uint64_t *entry, bool *changed)
   r = copy_to_end (ck, *entry, ck->img->cluster_size, &copy);
   if (r < 0)
     return r;
-  *entry = copy;
+  *entry = copy ? copy : QED_ENTRY_UNALLOCATED;
   *changed = true;
   return 0;
 }
@@ -250,7 +266,7 @@ check_l1_entry (struct checker *ck, uint64_t *entry, bool *changed)
     return r;
   *entry = copy;
   *changed = true;
-  return check_l2_table (ck, *entry);
+  return copy ? check_l2_table (ck, copy) : 0;
 }
 
 static int
@@ -359,6 +375,7 @@ check_image (struct qed_image *img, bool repair,
     return r;
   ck.nclusters = ck.file_size >> img->cluster_bits;
   ck.alloc_end = cluster_start (img, ck.file_size);
+  ck.copy_budget = ck.file_size;
   ck.used_end = img->header_bytes;
   res->total_clusters = (img->header.image_size + img->cluster_size - 1)
     >> img->cluster_bits;

@@ -125,6 +125,21 @@ cmp shared.before shared.after
 case_ at-l1 "1 1 0" poke at-l1.qed $((l2 + 2 * 8)) $l1
 test ! -f at-l1.before
 
+# Forty entries sharing one cluster: repair copies clusters for no
+# more than the file's size, then clears the rest, so a hostile image
+# cannot make it grow without bound.
+share_many ()
+{
+    local i
+    for (( i = 10; i < 50; i++ )); do
+        poke many.qed $((l2 + i * 8)) 0x50000
+    done
+}
+case_ many "40 1 0" share_many   # 3M (index 48) leaks
+size_before=$(stat -c %s ref.qed)
+test "$(stat -c %s many.qed)" -le $((2 * size_before))
+grep '^corruptions-fixed 40$' many.repair
+
 # An L1 entry past the end of the file.
 case_ l1-beyond "1 0 0" poke l1-beyond.qed $((l1 + 8)) 0x40000000
 cmp ref.before l1-beyond.after
