@@ -72,6 +72,16 @@ alloc_reserve (struct qed_image *img, struct run *run, bool zero_clusters,
       last = f->first - 1;
   }
 
+  /* Files end below 2^63: say ENOSPC where the file cannot grow (a
+   * new L2 table may be needed too).
+   */
+  if (img->alloc_end > (uint64_t) INT64_MAX -
+      (img->table_bytes + ((last - first + 1) << img->cluster_bits))) {
+    qed_error ("%s: the image file cannot grow beyond 0x%" PRIx64,
+               image_name (img), img->alloc_end);
+    return -ENOSPC;
+  }
+
   memset (a, 0, sizeof *a);
   a->first = first;
   a->count = last - first + 1;
@@ -106,6 +116,12 @@ alloc_reserve (struct qed_image *img, struct run *run, bool zero_clusters,
 
   if (zero_clusters)
     a->host = QED_ENTRY_ZERO;
+  else if ((r = new_links_reserve (&img->new_links, a->slice->key)) < 0) {
+    slice_put (img, a->slice);
+    if (a->table)
+      a->table->users--;
+    return r;
+  }
   else {
     a->host = img->alloc_end;
     img->alloc_end += (uint64_t) a->count << img->cluster_bits;
@@ -318,8 +334,13 @@ apply_batch (struct qed_image *img, struct alloc *batch)
       for (unsigned i = 0; i < a->count; i++)
         a->slice->entries[a->index + i] = a->host == QED_ENTRY_ZERO
           ? QED_ENTRY_ZERO : a->host + ((uint64_t) i << img->cluster_bits);
-    if (a->host != QED_ENTRY_ZERO)
+    if (a->host != QED_ENTRY_ZERO) {
       allocated = true;
+      /* Also what may be on disk after a failed write: the entries
+       * are valid either way, the clusters being ours.
+       */
+      new_links_add (&img->new_links, a->slice->key, a->index, a->count);
+    }
 
     if (pt && pt->l1_written && !pt->linked) {
       img->l1[pt->l1_index] = pt->host;

@@ -5,16 +5,24 @@
  * file (not through the cache) and marks each cluster they reference
  * in a bitmap.  Invalid entries, clusters referenced twice and
  * clusters nothing references are counted in qemu-img check's
- * categories.  Repair clears invalid entries, gives the second
- * referrer of a shared cluster a copy of its own (so every entry reads
- * what it read before), truncates leaked clusters at the end of the
- * file and clears NEED_CHECK.
+ * categories, in QEMU's order: each L2 table, then its entries; a
+ * table sharing clusters with what came before is not walked.
  *
- * The bitmap covers at most CHECK_WINDOW clusters; a larger file is
- * checked in several passes over the tables, one per window, so memory
- * stays bounded whatever the file size.  Repair copies at most as many
- * bytes as the file had (a hostile image could share one table among
- * thousands of entries); past that it clears the entries instead.
+ * Repair clears invalid entries, gives the second referrer of a shared
+ * cluster a copy of its own (so that every entry reads what it read
+ * before), truncates leaked clusters at the end of the file and clears
+ * NEED_CHECK.  It settles the tables first and then walks their
+ * entries, so that a copied table is walked like any other and no
+ * table is copied after entries in it pointed at copies.  It copies at
+ * most as many bytes as the file had (a hostile image can point
+ * thousands of entries at one table), then clears the remaining
+ * entries that share clusters.
+ *
+ * The bitmap covers at most CHECK_WINDOW clusters.  A larger file is
+ * checked in several passes over the tables, one per window up to the
+ * last referenced cluster (past it everything is a leak), so memory
+ * stays bounded whatever the file size; a file whose references spread
+ * over more than CHECK_MAX_PASSES windows is refused.
  *
  * Runs with no requests in flight.
  */
@@ -31,15 +39,24 @@
 #include "internal.h"
 
 #define CHECK_WINDOW (UINT64_C (1) << 28)      /* clusters: a 32 MiB bitmap */
+#define CHECK_MAX_PASSES 64
 #define CHUNK_ENTRIES 8192u                     /* entries read at once */
+
+/* What a walk over the L1 table does with each entry. */
+enum phase {
+  CHECK_ALL,                    /* check: each table, then its entries */
+  SETTLE_TABLES,                /* repair, first: the tables only */
+  WALK_ENTRIES,                 /* repair, then: the tables' entries */
+};
 
 struct checker {
   struct qed_image *img;
   struct qed_check_result *res;
   bool repair;
   bool first_pass;
+  enum phase phase;
   uint64_t file_size;
-  uint64_t nclusters;           /* whole clusters in the file */
+  uint64_t file_end;            /* whole clusters of the file */
   uint64_t win_start, win_end;  /* the clusters this pass marks */
   uint64_t *bitmap;
   uint64_t used_end;            /* end of the highest referenced cluster */
@@ -56,11 +73,11 @@ static uint64_t
 mark (struct checker *ck, uint64_t host, uint64_t n)
 {
   uint64_t c = host >> ck->img->cluster_bits;
+  uint64_t end = host + (n << ck->img->cluster_bits);
   uint64_t marked_before = 0;
 
-  if (host + (n << ck->img->cluster_bits) > ck->used_end &&
-      host < ck->file_size)
-    ck->used_end = host + (n << ck->img->cluster_bits);
+  if (end > ck->used_end && end <= ck->file_end)
+    ck->used_end = end;
   for (; n > 0; n--, c++) {
     uint64_t bit;
     if (c < ck->win_start || c >= ck->win_end)
@@ -73,12 +90,18 @@ mark (struct checker *ck, uint64_t host, uint64_t n)
   return marked_before;
 }
 
-/* The checks of QEMU's qed_check_cluster_offset / table_offset. */
+/* The checks of QEMU's qed_check_cluster_offset / table_offset.  Past
+ * the file's end only repair's own copies are valid, which the first
+ * pass (that clears what pointed past the end) has not met yet, except
+ * for the tables it copied.
+ */
 static bool
-offset_valid (const struct checker *ck, uint64_t host, uint64_t len)
+offset_valid (const struct checker *ck, uint64_t host, uint64_t len,
+              bool table)
 {
   const struct qed_image *img = ck->img;
-  uint64_t end = cluster_start (img, ck->file_size);
+  uint64_t end = ck->first_pass && !(table && ck->phase == WALK_ENTRIES)
+    ? ck->file_end : ck->alloc_end;
 
   return host % img->cluster_size == 0 && host >= img->header_bytes &&
     host <= end && end - host >= len;
@@ -163,7 +186,20 @@ read_chunk (struct checker *ck, uint64_t host, uint64_t *entries, size_t n)
   return 0;
 }
 
-/* Check one L2 table entry; returns true if it was changed. */
+/* An entry is invalid: count it once, and clear it when repairing. */
+static void
+invalid_entry (struct checker *ck, uint64_t *entry, bool *changed)
+{
+  if (!ck->first_pass)
+    return;
+  count_corruptions (ck, 1, ck->repair);
+  if (ck->repair) {
+    *entry = 0;
+    *changed = true;
+  }
+}
+
+/* Check one L2 table entry. */
 static int
 check_data_entry (struct checker *ck, uint64_t *entry, bool *changed)
 {
@@ -174,14 +210,8 @@ check_data_entry (struct checker *ck, uint64_t *entry, bool *changed)
     return 0;
   if (ck->first_pass)
     ck->res->allocated_clusters++;
-  if (!offset_valid (ck, *entry, ck->img->cluster_size)) {
-    if (ck->first_pass) {
-      count_corruptions (ck, 1, ck->repair);
-      if (ck->repair) {
-        *entry = QED_ENTRY_UNALLOCATED;
-        *changed = true;
-      }
-    }
+  if (!offset_valid (ck, *entry, ck->img->cluster_size, false)) {
+    invalid_entry (ck, entry, changed);
     return 0;
   }
   if (mark (ck, *entry, 1) == 0)
@@ -225,52 +255,57 @@ check_l2_table (struct checker *ck, uint64_t table)
   return 0;
 }
 
-/* Check one L1 entry and the table it points at. */
+/* Mark the table an L1 entry points at; when its clusters are shared,
+ * count that and, repairing, clear or copy it.  Returns 1 if the
+ * table's entries are to be walked.
+ */
 static int
-check_l1_entry (struct checker *ck, uint64_t *entry, bool *changed)
+settle_table (struct checker *ck, uint64_t *entry, bool *changed)
 {
   struct qed_image *img = ck->img;
   uint64_t shared, copy, l1 = img->header.l1_table_offset;
   int r;
 
-  if (*entry == 0)
-    return 0;
-  if (!offset_valid (ck, *entry, img->table_bytes)) {
-    if (ck->first_pass) {
-      count_corruptions (ck, 1, ck->repair);
-      if (ck->repair) {
-        *entry = 0;
-        *changed = true;
-      }
-    }
-    return 0;
-  }
   shared = mark (ck, *entry, img->header.table_size);
   if (shared == 0)
-    return check_l2_table (ck, *entry);
-
-  /* Some of the table's clusters are referenced before.  A check
-   * leaves such a table unwalked (as QEMU does).  Repair clears an
-   * entry that points into the L1 table -- that is no L2 table -- and
-   * gives any other a copy of its own, so its range reads as before.
-   */
+    return 1;
   count_corruptions (ck, shared, ck->repair);
   if (!ck->repair)
-    return 0;
-  if (*entry < l1 + img->table_bytes && l1 < *entry + img->table_bytes) {
-    *entry = 0;
-    *changed = true;
-    return 0;
-  }
-  if ((r = copy_to_end (ck, *entry, img->table_bytes, &copy)) < 0)
+    return 0;                   /* as QEMU: not walked */
+  /* An entry into the L1 table points at no L2 table: clear it.  Any
+   * other gets a copy of its own, so that its range reads as before.
+   */
+  if (*entry < l1 + img->table_bytes && l1 < *entry + img->table_bytes)
+    copy = 0;
+  else if ((r = copy_to_end (ck, *entry, img->table_bytes, &copy)) < 0)
     return r;
   *entry = copy;
   *changed = true;
-  return copy ? check_l2_table (ck, copy) : 0;
+  return 0;
+}
+
+/* Check one L1 entry (in this walk's phase). */
+static int
+check_l1_entry (struct checker *ck, uint64_t *entry, bool *changed)
+{
+  int r;
+
+  if (*entry == 0)
+    return 0;
+  if (!offset_valid (ck, *entry, ck->img->table_bytes, true)) {
+    invalid_entry (ck, entry, changed);
+    return 0;
+  }
+  if (ck->phase == WALK_ENTRIES)
+    return check_l2_table (ck, *entry);
+  r = settle_table (ck, entry, changed);
+  if (r > 0 && ck->phase == CHECK_ALL)
+    return check_l2_table (ck, *entry);
+  return r < 0 ? r : 0;
 }
 
 static int
-check_pass (struct checker *ck)
+walk_l1 (struct checker *ck)
 {
   struct qed_image *img = ck->img;
   uint64_t l1 = img->header.l1_table_offset, nelems = img->table_bytes / 8;
@@ -279,7 +314,6 @@ check_pass (struct checker *ck)
 
   if (entries == NULL)
     return -ENOMEM;
-  mark (ck, l1, img->header.table_size);
   for (uint64_t i = 0; i < nelems; i += CHUNK_ENTRIES) {
     size_t n = nelems - i < CHUNK_ENTRIES ? nelems - i : CHUNK_ENTRIES;
     bool changed = false;
@@ -295,12 +329,39 @@ check_pass (struct checker *ck)
     if (changed && (r = write_chunk (ck, l1 + i * 8, entries, n)) < 0)
       return r;
   }
+  return 0;
+}
 
-  for (uint64_t c = ck->win_start; c < ck->win_end; c++) {
-    uint64_t bit = c - ck->win_start;
-    if (c >= img->header.header_size &&
-        !(ck->bitmap[bit / 64] & (1ull << (bit % 64))))
-      ck->res->leaks++;
+/* One pass: mark what lies in the window, count its leaks. */
+static int
+check_pass (struct checker *ck)
+{
+  struct qed_image *img = ck->img;
+  uint64_t c;
+  int r;
+
+  memset (ck->bitmap, 0, (ck->win_end - ck->win_start + 63) / 64 * 8);
+  mark (ck, img->header.l1_table_offset, img->header.table_size);
+  if (ck->repair) {
+    ck->phase = SETTLE_TABLES;
+    if ((r = walk_l1 (ck)) < 0)
+      return r;
+    ck->phase = WALK_ENTRIES;
+  }
+  else
+    ck->phase = CHECK_ALL;
+  if ((r = walk_l1 (ck)) < 0)
+    return r;
+
+  /* Leaks: unmarked clusters, 64 at a time; the header is none. */
+  for (c = ck->win_start; c < ck->win_end; c += 64) {
+    uint64_t bit = c - ck->win_start, word = ~ck->bitmap[bit / 64];
+
+    if (c + 64 > ck->win_end || c < img->header.header_size)
+      for (unsigned i = 0; i < 64; i++)
+        if (c + i >= ck->win_end || c + i < img->header.header_size)
+          word &= ~(1ull << i);
+    ck->res->leaks += __builtin_popcountll (word);
   }
   return 0;
 }
@@ -310,15 +371,13 @@ static int
 truncate_leaks (struct checker *ck)
 {
   struct qed_file *f = ck->img->file;
-  uint64_t end = ck->alloc_end > cluster_start (ck->img, ck->file_size)
-    ? ck->alloc_end : ck->used_end;
+  uint64_t end = ck->alloc_end > ck->file_end ? ck->alloc_end : ck->used_end;
   uint64_t leaked;
   int r;
 
   if (end >= ck->file_size || ck->res->check_errors)
     return 0;
-  leaked = (cluster_start (ck->img, ck->file_size) - end)
-    >> ck->img->cluster_bits;
+  leaked = (ck->file_end - end) >> ck->img->cluster_bits;
   r = f->ops->truncate (f, end);
   if (r < 0) {
     qed_error ("%s: repair: truncating leaked clusters: %s",
@@ -356,8 +415,9 @@ reload (struct qed_image *img)
   free (img->l1_bad);
   free (img->tables);
   img->l1 = img->l1_bad = img->tables = NULL;
-  img->alloc_end = cluster_start (img, size);
+  img->alloc_end = img->open_end = cluster_start (img, size);
   img->sparse_from = size;
+  new_links_free (&img->new_links);
   l2_cache_drop_all (&img->cache);
   return table_load_l1 (img);
 }
@@ -367,32 +427,51 @@ check_image (struct qed_image *img, bool repair,
              struct qed_check_result *res)
 {
   struct checker ck = { .img = img, .res = res, .repair = repair };
+  uint64_t nclusters, last;
   int r;
 
   memset (res, 0, sizeof *res);
   r = img->file->ops->get_size (img->file, &ck.file_size);
   if (r < 0)
     return r;
-  ck.nclusters = ck.file_size >> img->cluster_bits;
-  ck.alloc_end = cluster_start (img, ck.file_size);
+  ck.file_end = ck.alloc_end = cluster_start (img, ck.file_size);
   ck.copy_budget = ck.file_size;
   ck.used_end = img->header_bytes;
+  nclusters = ck.file_end >> img->cluster_bits;
   res->total_clusters = (img->header.image_size + img->cluster_size - 1)
     >> img->cluster_bits;
 
-  ck.bitmap = malloc (((ck.nclusters < CHECK_WINDOW ? ck.nclusters
-                        : CHECK_WINDOW) + 63) / 64 * 8 + 8);
+  ck.bitmap = malloc ((nclusters < CHECK_WINDOW ? nclusters : CHECK_WINDOW)
+                      / 64 * 8 + 8);
   if (ck.bitmap == NULL)
     return -ENOMEM;
-  for (ck.win_start = 0, ck.first_pass = true;
-       ck.first_pass || ck.win_start < ck.nclusters;
-       ck.win_start = ck.win_end, ck.first_pass = false) {
-    ck.win_end = ck.nclusters - ck.win_start < CHECK_WINDOW
-      ? ck.nclusters : ck.win_start + CHECK_WINDOW;
-    memset (ck.bitmap, 0, ((ck.win_end - ck.win_start) + 63) / 64 * 8 + 8);
+
+  /* The first pass also finds the last referenced cluster: windows
+   * after it would only count leaks, one at a time.
+   */
+  ck.first_pass = true;
+  ck.win_end = nclusters < CHECK_WINDOW ? nclusters : CHECK_WINDOW;
+  if ((r = check_pass (&ck)) < 0)
+    goto out;
+  ck.first_pass = false;
+  last = ck.used_end >> img->cluster_bits;
+  if (last > ck.win_end &&
+      (last - ck.win_end) / CHECK_WINDOW >= CHECK_MAX_PASSES) {
+    qed_error ("%s: check: the tables reference clusters spread over %"
+               PRIu64 " bytes of file, too far apart to check with"
+               " bounded memory", image_name (img), ck.used_end);
+    r = -EFBIG;
+    goto out;
+  }
+  for (ck.win_start = ck.win_end; ck.win_start < last;
+       ck.win_start = ck.win_end) {
+    ck.win_end = last - ck.win_start < CHECK_WINDOW ? last
+      : ck.win_start + CHECK_WINDOW;
     if ((r = check_pass (&ck)) < 0)
       goto out;
   }
+  if (nclusters > ck.win_end)
+    res->leaks += nclusters - ck.win_end;
 
   if (repair) {
     if ((r = truncate_leaks (&ck)) < 0)
@@ -414,7 +493,8 @@ check_image (struct qed_image *img, bool repair,
 }
 
 int
-qed_image_check (struct qed_image *img, bool repair, struct qed_check_result *res)
+qed_image_check (struct qed_image *img, bool repair,
+                 struct qed_check_result *res)
 {
   if (repair && !img->writable) {
     qed_error ("%s: cannot repair: the image is read-only", image_name (img));

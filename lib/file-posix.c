@@ -55,7 +55,8 @@ posix_pwrite (struct qed_file *f, const void *buf, size_t count,
     if (r == -1) {
       if (errno == EINTR)
         continue;
-      return -errno;
+      /* The file cannot grow (a file size limit): no space for it. */
+      return errno == EFBIG ? -ENOSPC : -errno;
     }
     p += r;
     count -= r;

@@ -56,6 +56,17 @@
 
 struct backing;
 
+/* new-links.c */
+struct new_links {
+  struct new_links_slot *slots;
+  size_t nslots, count;
+};
+int new_links_reserve (struct new_links *nl, uint64_t key);
+void new_links_add (struct new_links *nl, uint64_t key, unsigned index,
+                    unsigned count);
+bool new_links_has (const struct new_links *nl, uint64_t key, unsigned index);
+void new_links_free (struct new_links *nl);
+
 /* What a run of virtual clusters maps to. */
 enum run_kind {
   RUN_DATA,                     /* contiguous data clusters */
@@ -137,6 +148,8 @@ struct qed_image {
   size_t ntables;
   struct l2_cache cache;
   uint64_t alloc_end;           /* where the next cluster goes */
+  uint64_t open_end;            /* whole clusters of the file at open */
+  struct new_links new_links;   /* entries pointing beyond open_end */
   struct alloc *inflight;
   struct pending_table *pending;
   struct alloc *queue;          /* links waiting for the committer */
@@ -175,7 +188,8 @@ const char *image_name (const struct qed_image *img);
 /* table.c: L1 and L2 tables on disk. */
 int table_load_l1 (struct qed_image *img);
 bool l1_entry_is_bad (const struct qed_image *img, uint32_t index);
-bool data_entry_valid (const struct qed_image *img, uint64_t entry);
+bool data_entry_valid (const struct qed_image *img, uint64_t entry,
+                       uint64_t slice_key, unsigned index);
 int table_read_slice (struct qed_image *img, struct l2_slice *s);
 void slice_validate (struct qed_image *img, struct l2_slice *s);
 int table_write_entries (struct qed_image *img, uint64_t host,

@@ -27,6 +27,7 @@ image_free (struct qed_image *img)
   }
   if (img->cache.buckets)
     l2_cache_free (&img->cache);
+  new_links_free (&img->new_links);
   free (img->l1);
   free (img->l1_bad);
   free (img->tables);
@@ -79,7 +80,7 @@ read_header (struct qed_image *img, uint64_t file_size)
   img->header_bytes = (uint64_t) h->header_size * h->cluster_size;
   span = UINT64_C (1) << (img->table_bits + img->cluster_bits);
   img->l1_entries = h->image_size / span + (h->image_size % span != 0);
-  img->alloc_end = cluster_start (img, file_size);
+  img->alloc_end = img->open_end = cluster_start (img, file_size);
   img->sparse_from = file_size;
 
   if (h->features & QED_F_BACKING_FILE) {

@@ -106,12 +106,20 @@ inside_l2_table (const struct qed_image *img, uint64_t host)
   return lo > 0 && host - img->tables[lo - 1] < img->table_bytes;
 }
 
+/* May entry index of the slice at slice_key point at a data cluster
+ * there?  Past the end of the file at open only if this process linked
+ * it (see new-links.c).
+ */
 bool
-data_entry_valid (const struct qed_image *img, uint64_t entry)
+data_entry_valid (const struct qed_image *img, uint64_t entry,
+                  uint64_t slice_key, unsigned index)
 {
+  bool inside = entry < img->open_end &&
+    img->open_end - entry >= img->cluster_size;
+
   return entry % img->cluster_size == 0 &&
     entry >= img->header_bytes &&
-    entry < img->alloc_end && img->alloc_end - entry >= img->cluster_size &&
+    (inside || new_links_has (&img->new_links, slice_key, index)) &&
     !overlaps (entry, img->cluster_size,
                img->header.l1_table_offset, img->table_bytes) &&
     !inside_l2_table (img, entry);
@@ -157,7 +165,7 @@ slice_validate (struct qed_image *img, struct l2_slice *s)
   memset (s->bad, 0, sizeof s->bad);
   for (unsigned i = 0; i < QED_SLICE_ENTRIES; i++) {
     uint64_t e = s->entries[i];
-    if (e > QED_ENTRY_ZERO && !data_entry_valid (img, e)) {
+    if (e > QED_ENTRY_ZERO && !data_entry_valid (img, e, s->key, i)) {
       s->bad[i / 64] |= 1ull << (i % 64);
       s->has_bad = true;
     }

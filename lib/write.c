@@ -55,27 +55,53 @@ pwrite_logged (struct qed_image *img, const void *buf, uint64_t count,
   return r;
 }
 
+/* Copy-on-write goes through a buffer of at most this many bytes, so
+ * that memory does not grow with the cluster size times the requests
+ * in flight.
+ */
+#define FILL_CHUNK (1024 * 1024)
+
+static bool
+is_zero (const char *p, size_t n)
+{
+  return n == 0 || (p[0] == 0 && memcmp (p, p + 1, n - 1) == 0);
+}
+
 /* Fill [offset, offset + count) of a new allocation from the backing
  * file, or with zeros.  Zeros need no write where the file did not
- * reach at open: that space reads as zeros already.
+ * reach at open: that space reads as zeros already.  *end_written says
+ * whether the last byte was written.
  */
 static int
 fill (struct qed_image *img, const struct alloc *a, uint64_t offset,
-      uint64_t count, bool from_backing)
+      uint64_t count, bool from_backing, bool *end_written)
 {
   uint64_t host = alloc_host_of (img, a, offset);
+  CLEANUP_FREE char *buf = NULL;
   int r;
 
+  *end_written = false;
   if (count == 0)
     return 0;
   if (from_backing) {
-    CLEANUP_FREE char *buf = malloc (count);
+    buf = malloc (count < FILL_CHUNK ? count : FILL_CHUNK);
     if (buf == NULL)
       return -ENOMEM;
-    r = backing_read (img->backing, buf, count, offset);
-    if (r == 0)
-      r = pwrite_logged (img, buf, count, host);
-    return r;
+    while (count > 0) {
+      size_t n = count < FILL_CHUNK ? count : FILL_CHUNK;
+
+      r = backing_read (img->backing, buf, n, offset);
+      if (r < 0)
+        return r;
+      /* Holes in the backing file stay holes. */
+      *end_written = host < img->sparse_from || !is_zero (buf, n);
+      if (*end_written && (r = pwrite_logged (img, buf, n, host)) < 0)
+        return r;
+      offset += n;
+      host += n;
+      count -= n;
+    }
+    return 0;
   }
   if (host < img->sparse_from) {
     uint64_t n = img->sparse_from - host < count ? img->sparse_from - host
@@ -84,6 +110,7 @@ fill (struct qed_image *img, const struct alloc *a, uint64_t offset,
     if (r < 0)
       qed_error ("%s: writing zeros at 0x%" PRIx64 ": %s",
                  image_name (img), host, strerror (-r));
+    *end_written = n == count;
     return r;
   }
   return 0;
@@ -103,15 +130,18 @@ write_new_clusters (struct qed_image *img, const struct alloc *a,
   uint64_t tail = end - offset - count;
   uint64_t host_end = alloc_host_of (img, a, end);
   bool from_backing = a->was == RUN_UNALLOC && img->backing != NULL;
-  bool end_written = tail ? from_backing : buf != NULL;
+  bool end_written;
   int r;
 
-  r = fill (img, a, start, offset - start, from_backing);
-  if (r == 0)
-    r = buf ? pwrite_logged (img, buf, count, alloc_host_of (img, a, offset))
-      : fill (img, a, offset, count, false);
-  if (r == 0)
-    r = fill (img, a, offset + count, tail, from_backing);
+  r = fill (img, a, start, offset - start, from_backing, &end_written);
+  if (r == 0 && buf) {
+    r = pwrite_logged (img, buf, count, alloc_host_of (img, a, offset));
+    end_written = true;
+  }
+  else if (r == 0)
+    r = fill (img, a, offset, count, false, &end_written);
+  if (r == 0 && tail)
+    r = fill (img, a, offset + count, tail, from_backing, &end_written);
   /* The last cluster must lie wholly inside the file before an entry
    * points at it; when nothing was written at its end, one byte
    * extends the file (sparsely) to it.
