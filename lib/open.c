@@ -271,7 +271,8 @@ qed_image_enable_writes (struct qed_image *img)
       goto fail;
     report_check (img, &res, true);
   }
-  img->writable = true;
+  /* Read without locks by qed_image_is_writable. */
+  __atomic_store_n (&img->writable, true, __ATOMIC_RELEASE);
   return 0;
 
  fail:
@@ -283,7 +284,7 @@ qed_image_enable_writes (struct qed_image *img)
 bool
 qed_image_is_writable (const struct qed_image *img)
 {
-  return img->writable;
+  return __atomic_load_n (&img->writable, __ATOMIC_ACQUIRE);
 }
 
 int

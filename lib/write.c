@@ -31,7 +31,7 @@ write_zeros (struct qed_image *img, uint64_t host, uint64_t count)
 static int
 check_write (struct qed_image *img, uint64_t count, uint64_t offset)
 {
-  if (!img->writable) {
+  if (!qed_image_is_writable (img)) {
     qed_error ("%s: the image is read-only", image_name (img));
     return -EROFS;
   }
