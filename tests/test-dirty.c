@@ -40,10 +40,11 @@ create_and_open (struct memfile *mf, const char *backing)
   };
   struct qed_open_options opts = { .access = QED_READ_WRITE };
   struct qed_image *img;
+  char *path = test_path ("img.qed");
 
   CHECK_OK (qed_create_file (memfile_file (mf), &copts));
-  CHECK_OK (qed_image_open_file (memfile_file (mf), test_path ("img.qed"),
-                                 &opts, &img));
+  CHECK_OK (qed_image_open_file (memfile_file (mf), path, &opts, &img));
+  free (path);
   CHECK_OK (qed_image_start_background (img, IDLE_MS));
   return img;
 }
@@ -62,6 +63,7 @@ main (void)
   struct memfile *mf = memfile_new (NULL, 0);
   struct qed_image *img;
   uint64_t flushes;
+  char *base_path;
   FILE *fp;
 
   test_capture_log ();
@@ -108,8 +110,10 @@ main (void)
   /* With a backing file it is never set: data is flushed before links
    * instead.
    */
-  fp = fopen (test_path ("base.raw"), "w");
+  base_path = test_path ("base.raw");
+  fp = fopen (base_path, "w");
   CHECK (fp && ftruncate (fileno (fp), SIZE) == 0 && fclose (fp) == 0);
+  free (base_path);
   mf = memfile_new (NULL, 0);
   img = create_and_open (mf, "base.raw");
   for (int i = 0; i < 4; i++) {
