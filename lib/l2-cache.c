@@ -86,10 +86,7 @@ l2_cache_find (struct l2_cache *c, uint64_t key)
 
   for (s = c->buckets[bucket_of (c, key)]; s; s = s->hash_next)
     if (s->key == key) {
-      if (c->lru.lru_next != s) {
-        lru_unlink (s);
-        lru_push_front (c, s);
-      }
+      s->used = true;
       return s;
     }
   return NULL;
@@ -102,19 +99,34 @@ l2_cache_insert (struct l2_cache *c, uint64_t key)
 
   /* Evict least recently used slices nobody holds until there is room
    * (after the cache grew past its budget, more than one), reusing the
-   * first.
+   * first.  A slice used since it was last passed over goes back to
+   * the head instead; a second sweep finds them unused if the first
+   * sweep found nothing else.
    */
-  for (v = c->lru.lru_prev; c->count >= c->max && v != &c->lru; v = prev) {
-    prev = v->lru_prev;
-    if (v->refs != 0 || v->state != SLICE_READY)
-      continue;
-    hash_remove (c, v);
-    lru_unlink (v);
-    c->count--;
-    if (s == NULL)
-      s = v;
-    else
-      free (v);
+  for (int sweep = 0; sweep < 2 && c->count >= c->max; sweep++) {
+    struct l2_slice *first_moved = NULL;
+
+    for (v = c->lru.lru_prev; c->count >= c->max && v != &c->lru &&
+           v != first_moved; v = prev) {
+      prev = v->lru_prev;
+      if (v->refs != 0 || v->state != SLICE_READY)
+        continue;
+      if (v->used) {
+        v->used = false;
+        lru_unlink (v);
+        lru_push_front (c, v);
+        if (first_moved == NULL)
+          first_moved = v;
+        continue;
+      }
+      hash_remove (c, v);
+      lru_unlink (v);
+      c->count--;
+      if (s == NULL)
+        s = v;
+      else
+        free (v);
+    }
   }
   if (s == NULL) {
     s = malloc (sizeof *s);
@@ -124,6 +136,7 @@ l2_cache_insert (struct l2_cache *c, uint64_t key)
   s->key = key;
   s->state = SLICE_LOADING;
   s->refs = 1;
+  s->used = false;
   s->has_bad = false;
   s->hash_next = c->buckets[bucket_of (c, key)];
   c->buckets[bucket_of (c, key)] = s;

@@ -25,17 +25,19 @@ enum slice_state {
 };
 
 struct l2_slice {
+  /* What a lookup touches first, together. */
   uint64_t key;                 /* host offset of the slice */
+  struct l2_slice *hash_next;
   enum slice_state state;
   unsigned refs;                /* referenced slices are never evicted */
+  bool used;                    /* hit since it was last passed over */
   bool has_bad;
+  struct l2_slice *lru_prev, *lru_next; /* most recent at lru head */
+  uint64_t bad[QED_SLICE_ENTRIES / 64];
   /* Entries in CPU byte order, exactly as on disk (a bad entry keeps
    * its value); bad marks the entries found invalid when loaded.
    */
   uint64_t entries[QED_SLICE_ENTRIES];
-  uint64_t bad[QED_SLICE_ENTRIES / 64];
-  struct l2_slice *hash_next;
-  struct l2_slice *lru_prev, *lru_next; /* most recent at lru head */
 };
 
 struct l2_cache {
@@ -48,8 +50,10 @@ struct l2_cache {
 int l2_cache_init (struct l2_cache *c, size_t budget_bytes);
 void l2_cache_free (struct l2_cache *c);
 
-/* Find a slice and mark it recently used; NULL if absent.  Does not
- * take a reference.
+/* Find a slice and mark it used; NULL if absent.  Does not take a
+ * reference.  A hit only sets a flag: eviction gives used slices a
+ * second chance (moving them to the head) instead of every hit moving
+ * its slice.
  */
 struct l2_slice *l2_cache_find (struct l2_cache *c, uint64_t key);
 
