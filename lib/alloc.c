@@ -148,7 +148,9 @@ table_is_new (const struct alloc *a)
   return a->table != NULL && !a->table->linked;
 }
 
-/* Make a new table's space part of the file, reading as zeros. */
+/* Make a new table read as zeros: where the file did not reach at
+ * open it does (the file was extended over it); before, write them.
+ */
 static int
 prepare_table (struct qed_image *img, struct pending_table *pt)
 {
@@ -159,13 +161,29 @@ prepare_table (struct qed_image *img, struct pending_table *pt)
     uint64_t n = (end < img->sparse_from ? end : img->sparse_from) - pt->host;
     r = write_zeros (img, pt->host, n);
   }
-  if (r == 0 && end > img->sparse_from) {
-    static const char zero;
-    r = img->file->ops->pwrite (img->file, &zero, 1, end - 1);
-  }
   if (r == 0)
     pt->prepared = true;
   return r;
+}
+
+/* Called with the table lock held (no reservation can grow alloc_end
+ * meanwhile): extend the file to the end of every reservation.
+ */
+static int
+extend_file (struct qed_image *img)
+{
+  int r;
+
+  if (img->alloc_end <= img->file_end)
+    return 0;
+  r = img->file->ops->truncate (img->file, img->alloc_end);
+  if (r < 0) {
+    qed_error ("%s: extending the file to 0x%" PRIx64 ": %s",
+               image_name (img), img->alloc_end, strerror (-r));
+    return r;
+  }
+  img->file_end = img->alloc_end;
+  return 0;
 }
 
 /* Write one slice's share of a batch: the entries from the lowest to
@@ -261,12 +279,13 @@ link_new_tables (struct qed_image *img, struct alloc *batch)
   }
 }
 
-/* The committer's work, without the table lock. */
+/* The committer's work, without the table lock; r is what extending
+ * the file returned.
+ */
 static void
-commit_batch (struct qed_image *img, struct alloc *batch)
+commit_batch (struct qed_image *img, struct alloc *batch, int r)
 {
   bool allocates = false, ordered = false;
-  int r = 0;
 
   for (struct alloc *a = batch; a; a = a->next_queued) {
     if (a->host != QED_ENTRY_ZERO || table_is_new (a))
@@ -274,7 +293,7 @@ commit_batch (struct qed_image *img, struct alloc *batch)
     if (a->needs_flush)
       ordered = true;
   }
-  if (allocates && img->backing == NULL)
+  if (r == 0 && allocates && img->backing == NULL)
     r = need_check_set (img);
   if (r == 0 && ordered)
     r = img->file->ops->flush (img->file);
@@ -370,7 +389,7 @@ alloc_commit (struct qed_image *img, struct alloc *a, int data_ret)
      * half-written one never shows up under another entry.
      */
     alloc_finish (img, a);
-    pthread_cond_broadcast (&img->cond);
+    pthread_cond_broadcast (&img->alloc_done);
     pthread_mutex_unlock (&img->lock);
     return data_ret;
   }
@@ -383,18 +402,20 @@ alloc_commit (struct qed_image *img, struct alloc *a, int data_ret)
   while (!a->done) {
     if (!img->committing) {
       struct alloc *batch = img->queue;
+      int r = extend_file (img);
 
       img->queue = NULL;
       img->committing = true;
       pthread_mutex_unlock (&img->lock);
-      commit_batch (img, batch);
+      commit_batch (img, batch, r);
       pthread_mutex_lock (&img->lock);
       apply_batch (img, batch);
       img->committing = false;
-      pthread_cond_broadcast (&img->cond);
+      pthread_cond_broadcast (&img->alloc_done);
+      pthread_cond_broadcast (&img->commit_done);
     }
     else
-      pthread_cond_wait (&img->cond, &img->lock);
+      pthread_cond_wait (&img->commit_done, &img->lock);
   }
   pthread_mutex_unlock (&img->lock);
   return a->ret;

@@ -416,7 +416,7 @@ reload (struct qed_image *img)
   free (img->tables);
   img->l1 = img->l1_bad = img->tables = NULL;
   img->alloc_end = img->open_end = cluster_start (img, size);
-  img->sparse_from = size;
+  img->sparse_from = img->file_end = size;
   new_links_free (&img->new_links);
   l2_cache_drop_all (&img->cache);
   return table_load_l1 (img);

@@ -91,7 +91,7 @@ background (void *arg)
 
     deadline.tv_sec = wake / 1000000000;
     deadline.tv_nsec = wake % 1000000000;
-    pthread_cond_timedwait (&img->cond, &img->lock, &deadline);
+    pthread_cond_timedwait (&img->bg_wake, &img->lock, &deadline);
     if (img->bg_stop || !idle_and_dirty (img))
       continue;
 
@@ -102,7 +102,7 @@ background (void *arg)
                  image_name (img));
     pthread_mutex_lock (&img->lock);
     img->committing = false;
-    pthread_cond_broadcast (&img->cond);
+    pthread_cond_broadcast (&img->commit_done);
   }
   pthread_mutex_unlock (&img->lock);
   return NULL;
@@ -134,7 +134,7 @@ stop_background (struct qed_image *img)
     return;
   pthread_mutex_lock (&img->lock);
   img->bg_stop = true;
-  pthread_cond_broadcast (&img->cond);
+  pthread_cond_signal (&img->bg_wake);
   pthread_mutex_unlock (&img->lock);
   pthread_join (img->bg_thread, NULL);
   img->bg_running = false;

@@ -27,6 +27,11 @@
  * flushes.  The in-memory tables change only after the disk does, so a
  * reader never follows an entry that a failed write left off the disk.
  *
+ * Before writing a batch, the committer extends the file (sparsely) to
+ * the end of everything reserved, so that no entry points at a cluster
+ * not wholly inside the file; nothing is written past the end of the
+ * reservations, so this never cuts data.
+ *
  * Crash safety (see also dirty.c):
  * - Without a backing file, NEED_CHECK is made durable before the first
  *   batch that links new clusters; a crash can then leave entries
@@ -139,7 +144,9 @@ struct qed_image {
   bool reported_bad;            /* logged the first bad entry served */
 
   pthread_mutex_t lock;         /* the table lock */
-  pthread_cond_t cond;          /* any change worth waiting for */
+  pthread_cond_t slice_loaded;  /* a SLICE_LOADING slice is done */
+  pthread_cond_t alloc_done;    /* an allocation left the in-flight list */
+  pthread_cond_t commit_done;   /* a batch is committed, the token free */
 
   /* Under the table lock. */
   uint64_t *l1;                 /* l1_entries, CPU order */
@@ -148,6 +155,7 @@ struct qed_image {
   size_t ntables;
   struct l2_cache cache;
   uint64_t alloc_end;           /* where the next cluster goes */
+  uint64_t file_end;            /* the file reaches at least this far */
   uint64_t open_end;            /* whole clusters of the file at open */
   struct new_links new_links;   /* entries pointing beyond open_end */
   struct alloc *inflight;
@@ -159,6 +167,7 @@ struct qed_image {
   uint64_t last_alloc_ns;
 
   /* The background thread (dirty.c). */
+  pthread_cond_t bg_wake;       /* on the monotonic clock */
   pthread_t bg_thread;
   bool bg_running, bg_stop;
   unsigned idle_ms;

@@ -27,7 +27,7 @@ slice_get (struct qed_image *img, uint64_t key, bool create_zeroed,
       return 0;
     }
     /* Another thread is reading it; it may also fail and vanish. */
-    pthread_cond_wait (&img->cond, &img->lock);
+    pthread_cond_wait (&img->slice_loaded, &img->lock);
   }
 
   s = l2_cache_insert (&img->cache, key);
@@ -50,7 +50,7 @@ slice_get (struct qed_image *img, uint64_t key, bool create_zeroed,
     s->state = SLICE_READY;
     *sp = s;
   }
-  pthread_cond_broadcast (&img->cond);
+  pthread_cond_broadcast (&img->slice_loaded);
   return r;
 }
 

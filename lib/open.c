@@ -34,7 +34,10 @@ image_free (struct qed_image *img)
   free (img->backing_name);
   if (img->file)
     img->file->ops->close (img->file);
-  pthread_cond_destroy (&img->cond);
+  pthread_cond_destroy (&img->slice_loaded);
+  pthread_cond_destroy (&img->alloc_done);
+  pthread_cond_destroy (&img->commit_done);
+  pthread_cond_destroy (&img->bg_wake);
   pthread_mutex_destroy (&img->lock);
   free (img->path);
   free (img);
@@ -81,7 +84,7 @@ read_header (struct qed_image *img, uint64_t file_size)
   span = UINT64_C (1) << (img->table_bits + img->cluster_bits);
   img->l1_entries = h->image_size / span + (h->image_size % span != 0);
   img->alloc_end = img->open_end = cluster_start (img, file_size);
-  img->sparse_from = file_size;
+  img->sparse_from = img->file_end = file_size;
 
   if (h->features & QED_F_BACKING_FILE) {
     img->backing_name = calloc (1, h->backing_filename_size + 1);
@@ -140,9 +143,12 @@ image_open (struct qed_file *file, const char *path,
   }
   img->file = file;
   pthread_mutex_init (&img->lock, NULL);
+  pthread_cond_init (&img->slice_loaded, NULL);
+  pthread_cond_init (&img->alloc_done, NULL);
+  pthread_cond_init (&img->commit_done, NULL);
   pthread_condattr_init (&attr);
   pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
-  pthread_cond_init (&img->cond, &attr);
+  pthread_cond_init (&img->bg_wake, &attr);
   pthread_condattr_destroy (&attr);
   img->access = opts->access;
   img->no_locking = opts->no_locking;

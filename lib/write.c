@@ -69,18 +69,17 @@ is_zero (const char *p, size_t n)
 
 /* Fill [offset, offset + count) of a new allocation from the backing
  * file, or with zeros.  Zeros need no write where the file did not
- * reach at open: that space reads as zeros already.  *end_written says
- * whether the last byte was written.
+ * reach at open: that space reads as zeros already (the committer
+ * extends the file over new clusters before linking them).
  */
 static int
 fill (struct qed_image *img, const struct alloc *a, uint64_t offset,
-      uint64_t count, bool from_backing, bool *end_written)
+      uint64_t count, bool from_backing)
 {
   uint64_t host = alloc_host_of (img, a, offset);
   CLEANUP_FREE char *buf = NULL;
   int r;
 
-  *end_written = false;
   if (count == 0)
     return 0;
   if (from_backing) {
@@ -94,8 +93,8 @@ fill (struct qed_image *img, const struct alloc *a, uint64_t offset,
       if (r < 0)
         return r;
       /* Holes in the backing file stay holes. */
-      *end_written = host < img->sparse_from || !is_zero (buf, n);
-      if (*end_written && (r = pwrite_logged (img, buf, n, host)) < 0)
+      if ((host < img->sparse_from || !is_zero (buf, n)) &&
+          (r = pwrite_logged (img, buf, n, host)) < 0)
         return r;
       offset += n;
       host += n;
@@ -110,7 +109,6 @@ fill (struct qed_image *img, const struct alloc *a, uint64_t offset,
     if (r < 0)
       qed_error ("%s: writing zeros at 0x%" PRIx64 ": %s",
                  image_name (img), host, strerror (-r));
-    *end_written = n == count;
     return r;
   }
   return 0;
@@ -127,27 +125,15 @@ write_new_clusters (struct qed_image *img, const struct alloc *a,
 {
   uint64_t start = a->first << img->cluster_bits;
   uint64_t end = start + ((uint64_t) a->count << img->cluster_bits);
-  uint64_t tail = end - offset - count;
-  uint64_t host_end = alloc_host_of (img, a, end);
   bool from_backing = a->was == RUN_UNALLOC && img->backing != NULL;
-  bool end_written;
   int r;
 
-  r = fill (img, a, start, offset - start, from_backing, &end_written);
-  if (r == 0 && buf) {
-    r = pwrite_logged (img, buf, count, alloc_host_of (img, a, offset));
-    end_written = true;
-  }
-  else if (r == 0)
-    r = fill (img, a, offset, count, false, &end_written);
-  if (r == 0 && tail)
-    r = fill (img, a, offset + count, tail, from_backing, &end_written);
-  /* The last cluster must lie wholly inside the file before an entry
-   * points at it; when nothing was written at its end, one byte
-   * extends the file (sparsely) to it.
-   */
-  if (r == 0 && !end_written && host_end > img->sparse_from)
-    r = pwrite_logged (img, zero_buf, 1, host_end - 1);
+  r = fill (img, a, start, offset - start, from_backing);
+  if (r == 0)
+    r = buf ? pwrite_logged (img, buf, count, alloc_host_of (img, a, offset))
+      : fill (img, a, offset, count, false);
+  if (r == 0)
+    r = fill (img, a, offset + count, end - offset - count, from_backing);
   return r;
 }
 
@@ -191,7 +177,7 @@ lookup_and_reserve (struct qed_image *img, uint64_t offset, uint64_t count,
     if (r != -EAGAIN)
       break;
     run_release (img, run);
-    pthread_cond_wait (&img->cond, &img->lock);
+    pthread_cond_wait (&img->alloc_done, &img->lock);
   }
   run_release (img, run);
   pthread_mutex_unlock (&img->lock);
