@@ -167,14 +167,30 @@ prepare_table (struct qed_image *img, struct pending_table *pt)
 }
 
 /* Called with the table lock held (no reservation can grow alloc_end
- * meanwhile): extend the file to the end of every reservation.
+ * meanwhile): make sure the file covers every cluster and table the
+ * batch links.  Most often the data writes already reached that far;
+ * otherwise extend the file to the end of every reservation, as a
+ * shorter size could cut data that a request still in flight wrote
+ * past the batch.
  */
 static int
-extend_file (struct qed_image *img)
+extend_file (struct qed_image *img, const struct alloc *batch)
 {
+  uint64_t needed = 0;
   int r;
 
-  if (img->alloc_end <= img->file_end)
+  for (const struct alloc *a = batch; a; a = a->next_queued) {
+    if (a->written_end > img->file_end)
+      img->file_end = a->written_end;
+    if (a->host != QED_ENTRY_ZERO) {
+      uint64_t end = a->host + ((uint64_t) a->count << img->cluster_bits);
+      if (end > needed)
+        needed = end;
+    }
+    if (table_is_new (a) && a->table->host + img->table_bytes > needed)
+      needed = a->table->host + img->table_bytes;
+  }
+  if (needed <= img->file_end)
     return 0;
   r = img->file->ops->truncate (img->file, img->alloc_end);
   if (r < 0) {
@@ -402,7 +418,7 @@ alloc_commit (struct qed_image *img, struct alloc *a, int data_ret)
   while (!a->done) {
     if (!img->committing) {
       struct alloc *batch = img->queue;
-      int r = extend_file (img);
+      int r = extend_file (img, batch);
 
       img->queue = NULL;
       img->committing = true;

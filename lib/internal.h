@@ -27,9 +27,11 @@
  * flushes.  The in-memory tables change only after the disk does, so a
  * reader never follows an entry that a failed write left off the disk.
  *
- * Before writing a batch, the committer extends the file (sparsely) to
- * the end of everything reserved, so that no entry points at a cluster
- * not wholly inside the file; nothing is written past the end of the
+ * Before writing a batch, the committer makes sure that the file
+ * covers every cluster the batch links, so that no entry points at a
+ * cluster not wholly inside the file: when the data writes did not
+ * reach that far, it extends the file (sparsely) to the end of
+ * everything reserved; nothing is written past the end of the
  * reservations, so this never cuts data.
  *
  * Crash safety (see also dirty.c):
@@ -116,6 +118,7 @@ struct alloc {
   struct pending_table *table;  /* the L2 table is new */
   uint64_t host;                /* first new cluster, or QED_ENTRY_ZERO */
   bool needs_flush;             /* data must be durable before the link */
+  uint64_t written_end;         /* its writes made the file reach this */
   /* Commit state, under the table lock. */
   bool entries_written;
   bool done;

@@ -120,7 +120,7 @@ fill (struct qed_image *img, const struct alloc *a, uint64_t offset,
  * else zeros.
  */
 static int
-write_new_clusters (struct qed_image *img, const struct alloc *a,
+write_new_clusters (struct qed_image *img, struct alloc *a,
                     const void *buf, uint64_t count, uint64_t offset)
 {
   uint64_t start = a->first << img->cluster_bits;
@@ -129,9 +129,13 @@ write_new_clusters (struct qed_image *img, const struct alloc *a,
   int r;
 
   r = fill (img, a, start, offset - start, from_backing);
-  if (r == 0)
-    r = buf ? pwrite_logged (img, buf, count, alloc_host_of (img, a, offset))
-      : fill (img, a, offset, count, false);
+  if (r == 0 && buf) {
+    r = pwrite_logged (img, buf, count, alloc_host_of (img, a, offset));
+    if (r == 0)
+      a->written_end = alloc_host_of (img, a, offset + count);
+  }
+  else if (r == 0)
+    r = fill (img, a, offset, count, false);
   if (r == 0)
     r = fill (img, a, offset + count, end - offset - count, from_backing);
   return r;
