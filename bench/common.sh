@@ -1,0 +1,263 @@
+# nbdkit-qed benchmarks: what bench.sh and profile.sh share.
+# shellcheck shell=bash disable=SC2034,SC2154
+# SPDX-License-Identifier: LGPL-2.1-or-later
+#
+# Sourced, not run.  Expects $here (the bench directory) and, when
+# bench_setup is called, the settings below in the environment.
+#
+#   PLUGIN        the plugin [first argument, else build/plugin/.libs/
+#                 nbdkit-qed-plugin.so in the source tree]
+#   BUILD_DIR     build tree with lib/.libs/libqed.a and tests/
+#                 [the plugin's ../..]
+#   BENCH_DIR     where the scratch directory is made (removed at the
+#                 end unless KEEP=1) [/dev/shm].  tmpfs by default: the
+#                 numbers are the servers' CPU and concurrency, not the
+#                 disk's.  On a disk filesystem mounted with "discard"
+#                 (as / is on the Debian test VMs) every deleted image of
+#                 an allocating workload costs minutes (about 2.5 ms per
+#                 extent), so use a disk only where discard is off.
+#   RT            seconds per fio run [8]
+#   FILL_SIZE     bytes the read and in-place workloads cover, written
+#                 first through the same server [1G] (of a 4 GiB image)
+#   SEQ_ALLOC_SIZE   image size for sequential allocating writes: one
+#                 pass, capped at RT [4G]
+#   RAND_ALLOC_SIZE  image size for random allocating writes [256G];
+#                 offsets are cluster-aligned, so nearly every write
+#                 allocates a new cluster
+#   CLUSTER_SIZE  cluster size of the QED images [64K]
+
+set -u -o pipefail
+export LC_ALL=C
+# Debian's tools, not another python3 or qemu earlier on PATH.
+export PATH=/usr/bin:/bin:$PATH
+
+srcdir=$(cd "$here/.." && pwd)
+
+log () { echo "bench: $*" >&2; }
+die () { log "$*"; exit 1; }
+has () { case " $1 " in *" $2 "*) return 0 ;; esac; return 1; }
+now_ns () { date +%s%N; }
+
+# bench_setup [PLUGIN]: check the tools, make the scratch directory
+# $dir, and remove it (and stop any server) on exit.
+bench_setup ()
+{
+    local t avail
+
+    PLUGIN=${PLUGIN:-${1:-$srcdir/build/plugin/.libs/nbdkit-qed-plugin.so}}
+    [ -f "$PLUGIN" ] ||
+        die "plugin not found: $PLUGIN (build it, or set PLUGIN)"
+    PLUGIN=$(cd "$(dirname "$PLUGIN")" && pwd)/$(basename "$PLUGIN")
+    BUILD_DIR=${BUILD_DIR:-$(cd "$(dirname "$PLUGIN")/../.." && pwd)}
+    RT=${RT:-8}
+    BENCH_DIR=${BENCH_DIR:-/dev/shm}
+    FILL_SIZE=${FILL_SIZE:-1G}
+    SEQ_ALLOC_SIZE=${SEQ_ALLOC_SIZE:-4G}
+    RAND_ALLOC_SIZE=${RAND_ALLOC_SIZE:-256G}
+    CLUSTER_SIZE=${CLUSTER_SIZE:-64K}
+    CLUSTER_BYTES=$(numfmt --from=iec "$CLUSTER_SIZE") || exit 1
+
+    for t in nbdkit qemu-img qemu-nbd qemu-io fio nbdinfo nbdcopy jq cc; do
+        command -v "$t" >/dev/null || die "$t is needed"
+    done
+    fio --enghelp=nbd >/dev/null 2>&1 || die "fio has no nbd engine"
+
+    mkdir -p "$BENCH_DIR" || exit 1
+    avail=$(df -P -k "$BENCH_DIR" | awk 'NR == 2 { print int($4 / 1048576) }')
+    [ "$avail" -ge 12 ] ||
+        log "warning: only $avail GiB free in $BENCH_DIR; about 12 are needed"
+    dir=$(mktemp -d "$BENCH_DIR/nbdkit-qed-bench.XXXXXX") || exit 1
+    server_pid=
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+bench_cleanup ()
+{
+    stop_server
+    [ -n "${KEEP:-}" ] || rm -rf "$dir"
+}
+
+# Touch memory once before measuring: on a VM whose memory has never
+# been used, the first GiBs written cost much more (the hypervisor
+# backs them on first touch), which would penalise whatever runs first.
+warm_up ()
+{
+    local f=$dir/warm-up
+    dd if=/dev/zero of="$f" bs=1M count="${WARM_UP_MIB:-8192}" 2>/dev/null
+    rm -f "$f"
+}
+
+# Percentage of CPU time the machine spent busy over 2 seconds (with
+# nothing of ours running, this is everyone else's load).
+cpu_busy ()
+{
+    local a b
+    a=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat)
+    sleep 2
+    b=$(awk '/^cpu / { print $2 + $3 + $4 + $7 + $8, $5 + $6 }' /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x); split(b, y);
+        busy = y[1] - x[1]; idle = y[2] - x[2];
+        printf "%.0f\n", (busy + idle > 0 ? 100 * busy / (busy + idle) : 0) }'
+}
+
+# Say how busy the machine is; warn when something else is running.
+check_quiet ()
+{
+    local busy
+    busy=$(cpu_busy)
+    if [ "$busy" -gt 10 ]; then
+        log "warning: the machine is ${busy}% busy before we start; numbers will be"
+        log "  disturbed.  Busiest processes:"
+        ps -eo pid,pcpu,etime,comm --sort=-pcpu | head -n 6 >&2
+    fi
+    echo "$busy"
+}
+
+#----------------------------------------------------------------------
+# Servers.  SERVER is one of: ours qemu-nbd raw-file.
+
+# mkimg SERVER PATH SIZE: a fresh, empty image for SERVER.
+mkimg ()
+{
+    rm -f "$2"
+    case $1 in
+        raw-file) truncate -s "$3" "$2" ;;
+        *)        qemu-img create -q -f qed -o cluster_size="$CLUSTER_BYTES" \
+                      "$2" "$3" ;;
+    esac
+}
+
+# server_cmd SERVER IMAGE: sets the array cmd to the command serving
+# IMAGE, without socket options (start_server adds -U / -k).
+server_cmd ()
+{
+    case $1 in
+        ours)     cmd=(nbdkit -f "$PLUGIN" "file=$2") ;;
+        qemu-nbd) cmd=(qemu-nbd -f qed -t -e 8 --cache=writeback
+                       --aio=threads "$2") ;;
+        raw-file) cmd=(nbdkit -f file "$2") ;;
+        *) die "unknown server $1" ;;
+    esac
+}
+
+# start_server SERVER IMAGE: start it in the background; sets
+# server_pid and uri, and returns once the server answers.
+start_server ()
+{
+    local s=$1 img=$2 i opt
+    local sock=$dir/$s.sock
+
+    rm -f "$sock"
+    server_cmd "$s" "$img"
+    case $s in
+        qemu-nbd) opt=-k ;;
+        *)        opt=-U ;;
+    esac
+    # wrap: an optional command prefix (profile.sh runs valgrind).
+    ${wrap[@]+"${wrap[@]}"} "${cmd[0]}" "$opt" "$sock" "${cmd[@]:1}" \
+        >>"$dir/$s.log" 2>&1 &
+    server_pid=$!
+    uri="nbd+unix:///?socket=$sock"
+    for i in $(seq 400); do
+        if ! kill -0 "$server_pid" 2>/dev/null; then
+            wait "$server_pid" 2>/dev/null
+            server_pid=
+            log "$s did not start on $img (see $dir/$s.log):"
+            tail -n 5 "$dir/$s.log" >&2
+            return 1
+        fi
+        [ -S "$sock" ] && nbdinfo --size "$uri" >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    log "$s did not answer on $sock"
+    stop_server
+    return 1
+}
+
+stop_server ()
+{
+    [ -n "${server_pid:-}" ] || return 0
+    kill "$server_pid" 2>/dev/null
+    wait "$server_pid" 2>/dev/null
+    server_pid=
+    rm -f "$dir"/*.sock
+}
+
+# VmRSS and VmHWM of a process, in MiB: "RSS HWM".
+mem_of ()
+{
+    awk '/^VmRSS:/ { r = $2 } /^VmHWM:/ { h = $2 }
+         END { printf "%.1f %.1f\n", r / 1024, h / 1024 }' "/proc/$1/status"
+}
+
+# CPU time (user + system, all threads) of a process, in clock ticks.
+cpu_ticks ()
+{
+    # The command name (field 2) has no spaces for nbdkit and qemu-nbd.
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+
+#----------------------------------------------------------------------
+# fio workloads.
+
+ALL_WORKLOADS="seqwrite1m-alloc seqread1m randread4k randwrite4k-inplace randwrite4k-alloc randrw4k-4conn randwrite64k-alloc-4conn"
+
+# workload NAME: sets kind (fill: on an image whose first FILL_SIZE
+# bytes the server wrote first; fresh: on a new image of vsize), the
+# fio job (rw bs qd nj size, extra options) and the unit reported.
+workload ()
+{
+    extra=()
+    case $1 in
+        seqwrite1m-alloc)
+            kind=fresh vsize=$SEQ_ALLOC_SIZE
+            rw=write bs=1M qd=8 nj=1 size=$SEQ_ALLOC_SIZE unit=MiB/s ;;
+        seqread1m)
+            kind=fill rw=read bs=1M qd=8 nj=1 size=$FILL_SIZE unit=MiB/s
+            extra=(--time_based) ;;
+        randread4k)
+            kind=fill rw=randread bs=4K qd=16 nj=1 size=$FILL_SIZE unit=IOPS
+            extra=(--time_based) ;;
+        randwrite4k-inplace)
+            kind=fill rw=randwrite bs=4K qd=16 nj=1 size=$FILL_SIZE unit=IOPS
+            extra=(--time_based) ;;
+        randwrite4k-alloc)
+            kind=fresh vsize=$RAND_ALLOC_SIZE
+            rw=randwrite bs=4K qd=16 nj=1 size=$RAND_ALLOC_SIZE unit=IOPS
+            extra=(--blockalign="$CLUSTER_BYTES") ;;
+        randrw4k-4conn)
+            kind=fill rw=randrw bs=4K qd=16 nj=4 size=$FILL_SIZE unit=IOPS
+            extra=(--time_based) ;;
+        randwrite64k-alloc-4conn)
+            kind=fresh vsize=$RAND_ALLOC_SIZE
+            rw=randwrite bs=64K qd=16 nj=4 size=$RAND_ALLOC_SIZE unit=MiB/s
+            extra=(--blockalign="$CLUSTER_BYTES") ;;
+        *) die "unknown workload $1 (known: $ALL_WORKLOADS)" ;;
+    esac
+}
+
+# prepare_image SERVER: the image for the current workload (after
+# workload NAME), in $img: new, or new and filled through SERVER.
+prepare_image ()
+{
+    local s=$1 out
+    img=$dir/$s.img
+    if [ "$kind" = fresh ]; then
+        mkimg "$s" "$img" "$vsize"
+        return
+    fi
+    mkimg "$s" "$img" 4G || return 1
+    start_server "$s" "$img" || return 1
+    out=$("$here/fio-nbd.sh" "$uri" write 1M 8 1 "$FILL_SIZE" 600)
+    stop_server
+    [ -n "$out" ] || { log "filling $img through $s failed"; return 1; }
+}
+
+# run_workload SERVER: runs the current workload's fio job against
+# the running server; prints "IOPS MIBPS IOS" (see fio-nbd.sh).
+run_workload ()
+{
+    "$here/fio-nbd.sh" "$uri" "$rw" "$bs" "$qd" "$nj" "$size" "$RT" \
+        "${extra[@]}"
+}
