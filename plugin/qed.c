@@ -42,21 +42,28 @@ static struct qed_image *image;
 /* Requests hold the gate shared.  Turning writes on (qed_open) holds
  * it exclusive: it may repair the image, which must not run under a
  * request.  Writers are preferred so that a stream of reads cannot
- * hold it off.
+ * hold it off.  Once writes are on, or known impossible, nothing takes
+ * it exclusive again, and requests pass without it.
  */
 static pthread_rwlock_t gate;
 static bool writes_impossible;  /* the file is read-only: do not retry */
+static bool gate_open;          /* writes settled; atomic */
 
-static void
+/* Returns whether the gate was taken, for gate_leave. */
+static bool
 gate_enter (void)
 {
+  if (__atomic_load_n (&gate_open, __ATOMIC_ACQUIRE))
+    return false;
   pthread_rwlock_rdlock (&gate);
+  return true;
 }
 
 static void
-gate_leave (void)
+gate_leave (bool taken)
 {
-  pthread_rwlock_unlock (&gate);
+  if (taken)
+    pthread_rwlock_unlock (&gate);
 }
 
 static void
@@ -235,6 +242,8 @@ qed_open (int readonly)
   if (readonly)
     return NBDKIT_HANDLE_NOT_NEEDED;
 
+  if (__atomic_load_n (&gate_open, __ATOMIC_ACQUIRE))
+    return NBDKIT_HANDLE_NOT_NEEDED;
   pthread_rwlock_wrlock (&gate);
   if (!writes_impossible && !qed_image_is_writable (image)) {
     int r = qed_image_enable_writes (image);
@@ -243,6 +252,8 @@ qed_open (int readonly)
     if (r < 0)
       nbdkit_debug ("serving this connection read-only");
   }
+  if (writes_impossible || qed_image_is_writable (image))
+    __atomic_store_n (&gate_open, true, __ATOMIC_RELEASE);
   pthread_rwlock_unlock (&gate);
   return NBDKIT_HANDLE_NOT_NEEDED;
 }
@@ -342,11 +353,12 @@ static int
 qed_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
            uint32_t flags)
 {
+  bool taken;
   int r;
 
-  gate_enter ();
+  taken = gate_enter ();
   r = qed_image_read (image, buf, count, offset);
-  gate_leave ();
+  gate_leave (taken);
   return r < 0 ? fail (r) : 0;
 }
 
@@ -363,11 +375,12 @@ static int
 qed_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
             uint32_t flags)
 {
+  bool taken;
   int r;
 
-  gate_enter ();
+  taken = gate_enter ();
   r = qed_image_write (image, buf, count, offset, engine_flags (flags));
-  gate_leave ();
+  gate_leave (taken);
   return r < 0 ? fail (r) : 0;
 }
 
@@ -375,11 +388,12 @@ qed_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
 static int
 qed_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
+  bool taken;
   int r;
 
-  gate_enter ();
+  taken = gate_enter ();
   r = qed_image_zero (image, count, offset, engine_flags (flags));
-  gate_leave ();
+  gate_leave (taken);
   return r < 0 ? fail (r) : 0;
 }
 
@@ -387,11 +401,12 @@ qed_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 static int
 qed_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
+  bool taken;
   int r;
 
-  gate_enter ();
+  taken = gate_enter ();
   r = qed_image_trim (image, count, offset, engine_flags (flags));
-  gate_leave ();
+  gate_leave (taken);
   return r < 0 ? fail (r) : 0;
 }
 
@@ -399,11 +414,12 @@ qed_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 static int
 qed_flush (void *handle, uint32_t flags)
 {
+  bool taken;
   int r;
 
-  gate_enter ();
+  taken = gate_enter ();
   r = qed_image_flush (image);
-  gate_leave ();
+  gate_leave (taken);
   return r < 0 ? fail (r) : 0;
 }
 
@@ -431,11 +447,12 @@ qed_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
     .extents = extents,
     .req_one = flags & NBDKIT_FLAG_REQ_ONE,
   };
+  bool taken;
   int r;
 
-  gate_enter ();
+  taken = gate_enter ();
   r = qed_image_block_status (image, count, offset, add_extent, &req);
-  gate_leave ();
+  gate_leave (taken);
   return r < 0 ? fail (r) : 0;
 }
 
