@@ -114,10 +114,26 @@ record ()
     has "${results[*]:-}" "$1" || results+=("$1")
 }
 
+# interleave WORKLOAD WHAT MEASURE...: RUNS runs of every server, in
+# the rotating order; "MEASURE... SERVER RUN" prints "VALUE CPU" (WHAT
+# says in which units, for the log), which is recorded.
+interleave ()
+{
+    local w=$1 what=$2 r s v
+    shift 2
+    for ((r = 0; r < RUNS; r++)); do
+        for s in $(order "$r"); do
+            v=$("$@" "$s" "$r")
+            log "$w run $((r + 1)) $s: ${v:-FAILED} ($what)"
+            record "$w" "$s" "$v"
+        done
+    done
+}
+
 #----------------------------------------------------------------------
 # fio workloads.
 
-# measure_fio WORKLOAD SERVER: prints "VALUE CPU" (VALUE in the
+# measure_fio WORKLOAD SERVER [RUN]: prints "VALUE CPU" (VALUE in the
 # workload's unit, CPU the server's microseconds per request), or
 # nothing on failure.
 measure_fio ()
@@ -154,19 +170,13 @@ sample_others ()
 
 run_fio_section ()
 {
-    local w r s v
+    local w
     for w in $WORKLOADS; do
         sample_others
         workload "$w"
         UNIT[$w]=$unit
         CUNIT[$w]="us/req"
-        for ((r = 0; r < RUNS; r++)); do
-            for s in $(order "$r"); do
-                v=$(measure_fio "$w" "$s")
-                log "$w run $((r + 1)) $s: ${v:-FAILED} ($unit, server us/request)"
-                record "$w" "$s" "$v"
-            done
-        done
+        interleave "$w" "$unit, server us/request" measure_fio "$w"
     done
 }
 
@@ -188,9 +198,10 @@ make_half_images ()
     qemu-img convert -f qed -O raw "$dir/half.qed" "$dir/half.raw"
 }
 
+# measure_copy SERVER RUN: prints "MiB/s CPU-ms" of one nbdcopy.
 measure_copy ()
 {
-    local s=$1 verify=$2 img t0 t1 c0 c1 dst=$dir/copy-out.raw
+    local s=$1 run=$2 img t0 t1 c0 c1 dst=$dir/copy-out.raw
     case $s in
         raw-file) img=$dir/half.raw ;;
         *)        img=$dir/half.qed ;;
@@ -206,7 +217,8 @@ measure_copy ()
     t1=$(now_ns)
     c1=$(cpu_ticks "$server_pid")
     stop_server
-    if [ "$verify" = 1 ] && ! cmp "$dst" "$dir/half.raw" >&2; then
+    # The first run of each server also checks the copy.
+    if [ "$run" = 0 ] && ! cmp "$dst" "$dir/half.raw" >&2; then
         log "nbdcopy through $s: the copy differs from the image"
         return 1
     fi
@@ -217,18 +229,12 @@ measure_copy ()
 
 run_copy_section ()
 {
-    local r s v w=nbdcopy-half4g
+    local w=nbdcopy-half4g
     make_half_images || die "cannot make the half-allocated images"
     sample_others
     UNIT[$w]=MiB/s
     CUNIT[$w]="ms/copy"
-    for ((r = 0; r < RUNS; r++)); do
-        for s in $(order "$r"); do
-            v=$(measure_copy "$s" "$((r == 0))")
-            log "$w run $((r + 1)) $s: ${v:-FAILED} (MiB/s, server CPU ms)"
-            record "$w" "$s" "$v"
-        done
-    done
+    interleave "$w" "MiB/s, server CPU ms" measure_copy
     rm -f "$dir"/half.*
 }
 
