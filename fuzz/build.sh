@@ -33,19 +33,19 @@ EOF
 sanitize="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 cflags="-g -O1 -fno-omit-frame-pointer -pthread -Wall -Wno-unused-parameter
         $sanitize ${EXTRA_CFLAGS:-}"
-includes="-I$out -I$srcdir/lib -I$srcdir/tests -I$srcdir/fuzz"
+includes="-I$out -I$srcdir/include -I$srcdir/engine -I$srcdir/tests/unit -I$srcdir/fuzz"
 
 # The engine is instrumented for coverage (fuzzer-no-link: without
 # libFuzzer's main); the harnesses and the file layers under the engine
 # are not, so that coverage steers the fuzzer through lib/ only.
 objs=
-for src in "$srcdir"/lib/*.c; do
+for src in "$srcdir"/engine/*.c "$srcdir"/files/*.c; do
     obj=$out/$(basename "$src" .c).o
     # shellcheck disable=SC2086
     $CC $cflags -fsanitize=fuzzer-no-link $includes -c "$src" -o "$obj"
     objs="$objs $obj"
 done
-for src in "$srcdir/tests/memfile.c" "$srcdir/fuzz/guardfile.c"; do
+for src in "$srcdir/tests/unit/memfile.c" "$srcdir/fuzz/guardfile.c"; do
     obj=$out/$(basename "$src" .c).o
     # shellcheck disable=SC2086
     $CC $cflags $includes -c "$src" -o "$obj"

@@ -21,7 +21,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "file.h"
+#include "qed-file.h"
 
 struct guard_options {
   bool read_only;               /* abort on any change */

@@ -9,7 +9,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,54 +38,31 @@ static bool always_check;
 
 static struct qed_image *image;
 
-/* Requests hold the gate shared.  Turning writes on (qed_open) holds
- * it exclusive: it may repair the image, which must not run under a
- * request.  Writers are preferred so that a stream of reads cannot
- * hold it off.  Once writes are on, or known impossible, nothing takes
- * it exclusive again, and requests pass without it.
+/* nbdkit has errors and debug messages only.  A notice (a repair, a
+ * fallback) is no error: it goes to stderr in nbdkit's own format,
+ * where nbdkit -f sends its errors too.
  */
-static pthread_rwlock_t gate;
-static bool writes_impossible;  /* the file is read-only: do not retry */
-static bool gate_open;          /* writes settled; atomic */
-
-/* Returns whether the gate was taken, for gate_leave. */
-static bool
-gate_enter (void)
-{
-  if (__atomic_load_n (&gate_open, __ATOMIC_ACQUIRE))
-    return false;
-  pthread_rwlock_rdlock (&gate);
-  return true;
-}
-
-static void
-gate_leave (bool taken)
-{
-  if (taken)
-    pthread_rwlock_unlock (&gate);
-}
-
 static void
 log_to_nbdkit (enum qed_log_level level, const char *msg)
 {
-  if (level == QED_LOG_DEBUG)
+  switch (level) {
+  case QED_LOG_DEBUG:
     nbdkit_debug ("%s", msg);
-  else
+    break;
+  case QED_LOG_NOTICE:
+    fprintf (stderr, "nbdkit: qed: notice: %s\n", msg);
+    break;
+  case QED_LOG_ERROR:
     nbdkit_error ("%s", msg);
+    break;
+  }
 }
 
 /* Route the engine's messages through nbdkit. */
 static void
 qed_load (void)
 {
-  pthread_rwlockattr_t attr;
-
   qed_set_log_function (log_to_nbdkit);
-  pthread_rwlockattr_init (&attr);
-  pthread_rwlockattr_setkind_np (&attr,
-                                 PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-  pthread_rwlock_init (&gate, &attr);
-  pthread_rwlockattr_destroy (&attr);
 }
 
 /* Free the configuration. */
@@ -95,7 +71,6 @@ qed_unload (void)
 {
   free (filename);
   free (backing);
-  pthread_rwlock_destroy (&gate);
 }
 
 /* Parse one key=value parameter. */
@@ -105,7 +80,11 @@ qed_config (const char *key, const char *value)
   int r;
 
   if (strcmp (key, "file") == 0) {
-    free (filename);
+    if (filename) {
+      nbdkit_error ("file=%s: only one image can be served (file= was"
+                    " already given)", value);
+      return -1;
+    }
     /* Absolute now: nbdkit changes to / when it daemonizes. */
     filename = nbdkit_realpath (value);
     if (filename == NULL)
@@ -239,22 +218,8 @@ qed_cleanup (void)
 static void *
 qed_open (int readonly)
 {
-  if (readonly)
-    return NBDKIT_HANDLE_NOT_NEEDED;
-
-  if (__atomic_load_n (&gate_open, __ATOMIC_ACQUIRE))
-    return NBDKIT_HANDLE_NOT_NEEDED;
-  pthread_rwlock_wrlock (&gate);
-  if (!writes_impossible && !qed_image_is_writable (image)) {
-    int r = qed_image_enable_writes (image);
-    if (r == -EROFS)
-      writes_impossible = true;
-    if (r < 0)
-      nbdkit_debug ("serving this connection read-only");
-  }
-  if (writes_impossible || qed_image_is_writable (image))
-    __atomic_store_n (&gate_open, true, __ATOMIC_RELEASE);
-  pthread_rwlock_unlock (&gate);
+  if (!readonly && qed_image_enable_writes (image) < 0)
+    nbdkit_debug ("serving this connection read-only");
   return NBDKIT_HANDLE_NOT_NEEDED;
 }
 
@@ -341,9 +306,12 @@ qed_can_cache (void *handle)
   return NBDKIT_CACHE_EMULATE;
 }
 
+/* The engine's result as nbdkit's: 0, or -1 with errno set. */
 static int
-fail (int r)
+to_nbdkit (int r)
 {
+  if (r >= 0)
+    return 0;
   errno = -r;
   return -1;
 }
@@ -353,13 +321,7 @@ static int
 qed_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
            uint32_t flags)
 {
-  bool taken;
-  int r;
-
-  taken = gate_enter ();
-  r = qed_image_read (image, buf, count, offset);
-  gate_leave (taken);
-  return r < 0 ? fail (r) : 0;
+  return to_nbdkit (qed_image_read (image, buf, count, offset));
 }
 
 static unsigned
@@ -375,52 +337,31 @@ static int
 qed_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
             uint32_t flags)
 {
-  bool taken;
-  int r;
-
-  taken = gate_enter ();
-  r = qed_image_write (image, buf, count, offset, engine_flags (flags));
-  gate_leave (taken);
-  return r < 0 ? fail (r) : 0;
+  return to_nbdkit (qed_image_write (image, buf, count, offset,
+                                     engine_flags (flags)));
 }
 
 /* Write zeros. */
 static int
 qed_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  bool taken;
-  int r;
-
-  taken = gate_enter ();
-  r = qed_image_zero (image, count, offset, engine_flags (flags));
-  gate_leave (taken);
-  return r < 0 ? fail (r) : 0;
+  return to_nbdkit (qed_image_zero (image, count, offset,
+                                    engine_flags (flags)));
 }
 
 /* Give back the space of wholly covered clusters. */
 static int
 qed_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  bool taken;
-  int r;
-
-  taken = gate_enter ();
-  r = qed_image_trim (image, count, offset, engine_flags (flags));
-  gate_leave (taken);
-  return r < 0 ? fail (r) : 0;
+  return to_nbdkit (qed_image_trim (image, count, offset,
+                                    engine_flags (flags)));
 }
 
 /* Make everything written durable. */
 static int
 qed_flush (void *handle, uint32_t flags)
 {
-  bool taken;
-  int r;
-
-  taken = gate_enter ();
-  r = qed_image_flush (image);
-  gate_leave (taken);
-  return r < 0 ? fail (r) : 0;
+  return to_nbdkit (qed_image_flush (image));
 }
 
 struct extents_request {
@@ -447,13 +388,9 @@ qed_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
     .extents = extents,
     .req_one = flags & NBDKIT_FLAG_REQ_ONE,
   };
-  bool taken;
-  int r;
 
-  taken = gate_enter ();
-  r = qed_image_block_status (image, count, offset, add_extent, &req);
-  gate_leave (taken);
-  return r < 0 ? fail (r) : 0;
+  return to_nbdkit (qed_image_block_status (image, count, offset,
+                                            add_extent, &req));
 }
 
 static struct nbdkit_plugin plugin = {

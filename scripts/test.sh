@@ -20,25 +20,30 @@ qed_setup
 export PATH=/usr/bin:$PATH
 
 [ $# -gt 0 ] || set -- check
-log=$builddir/tests/test-suite.log
-rm -f "$log"
+logs=("$builddir"/tests/unit/test-suite.log "$builddir"/tests/nbd/test-suite.log)
+rm -f "${logs[@]}"
 status=0
 make -C "$builddir" --no-print-directory -j"$(nproc 2>/dev/null || echo 2)" \
     "$@" || status=$?
 
-# A summary line from automake's log, and the logs of failed tests.
-if [ -f "$log" ]; then
+# A summary line from automake's logs, and the logs of failed tests.
+ran=0 pass=0 skip=0 fail=0
+for log in "${logs[@]}"; do
+    [ -f "$log" ] || continue
     count () {
         local n
         n=$(sed -n "s/^# $1: *\([0-9][0-9]*\)$/\1/p" "$log" | head -n1)
         echo "${n:-0}"
     }
-    pass=$(count PASS) skip=$(count SKIP)
-    fail=$(( $(count FAIL) + $(count XPASS) + $(count ERROR) ))
-    if [ "$fail" -gt 0 ]; then
+    failed=$(( $(count FAIL) + $(count XPASS) + $(count ERROR) ))
+    ran=1
+    pass=$(( pass + $(count PASS) ))
+    skip=$(( skip + $(count SKIP) ))
+    fail=$(( fail + failed ))
+    if [ "$failed" -gt 0 ]; then
         echo "==================== $log ===================="
         cat "$log"
     fi
-    echo "tests: $pass passed, $fail failed, $skip skipped"
-fi
+done
+[ $ran = 0 ] || echo "tests: $pass passed, $fail failed, $skip skipped"
 exit "$status"

@@ -1,0 +1,499 @@
+/* nbdkit-qed: consistency check and repair.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * The check walks the L1 table and every L2 table straight from the
+ * file (not through the cache) and marks each cluster they reference
+ * in a bitmap.  Invalid entries, clusters referenced twice and
+ * clusters nothing references are counted in qemu-img check's
+ * categories, in QEMU's order: each L2 table, then its entries; a
+ * table sharing clusters with what came before is not walked.
+ *
+ * Repair clears invalid entries, gives the second referrer of a shared
+ * cluster a copy of its own (so that every entry reads what it read
+ * before), truncates leaked clusters at the end of the file and clears
+ * NEED_CHECK.  It settles the tables first and then walks their
+ * entries, so that a copied table is walked like any other and no
+ * table is copied after entries in it pointed at copies.  It copies at
+ * most as many bytes as the file had (a hostile image can point
+ * thousands of entries at one table), then clears the remaining
+ * entries that share clusters.
+ *
+ * The bitmap covers at most CHECK_WINDOW clusters.  A larger file is
+ * checked in several passes over the tables, one per window up to the
+ * last referenced cluster (past it everything is a leak), so memory
+ * stays bounded whatever the file size; a file whose references spread
+ * over more than CHECK_MAX_PASSES windows is refused.
+ *
+ * Runs with the gate closed and the commit token held: nothing else
+ * touches the image meanwhile.
+ */
+
+#include <config.h>
+
+#include <endian.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "internal.h"
+
+#define CHECK_WINDOW (UINT64_C (1) << 28)      /* clusters: a 32 MiB bitmap */
+#define CHECK_MAX_PASSES 64
+#define CHUNK_ENTRIES 8192u                     /* entries read at once */
+
+/* What a walk over the L1 table does with each entry. */
+enum phase {
+  CHECK_ALL,                    /* check: each table, then its entries */
+  SETTLE_TABLES,                /* repair, first: the tables only */
+  WALK_ENTRIES,                 /* repair, then: the tables' entries */
+};
+
+struct checker {
+  struct qed_image *img;
+  struct qed_check_result *res;
+  bool repair;
+  bool first_pass;
+  enum phase phase;
+  uint64_t file_size;
+  uint64_t file_end;            /* whole clusters of the file */
+  uint64_t win_start, win_end;  /* the clusters this pass marks */
+  uint64_t *bitmap;
+  uint64_t used_end;            /* end of the highest referenced cluster */
+  uint64_t alloc_end;           /* where repair puts copies */
+  uint64_t copy_budget;         /* bytes repair may still copy */
+  bool budget_spent;
+  char *copy_buf;               /* one cluster */
+};
+
+/* Mark n clusters from host.  Returns how many were marked before
+ * (each one a corruption, as qemu-img check counts them).
+ */
+static uint64_t
+mark (struct checker *ck, uint64_t host, uint64_t n)
+{
+  uint64_t c = host >> ck->img->cluster_bits;
+  uint64_t end = host + (n << ck->img->cluster_bits);
+  uint64_t marked_before = 0;
+
+  if (end > ck->used_end && end <= ck->file_end)
+    ck->used_end = end;
+  for (; n > 0; n--, c++) {
+    uint64_t bit;
+    if (c < ck->win_start || c >= ck->win_end)
+      continue;
+    bit = c - ck->win_start;
+    if (ck->bitmap[bit / 64] & (1ull << (bit % 64)))
+      marked_before++;
+    ck->bitmap[bit / 64] |= 1ull << (bit % 64);
+  }
+  return marked_before;
+}
+
+/* The checks of QEMU's qed_check_cluster_offset / table_offset.  Past
+ * the file's end only repair's own copies are valid, which the first
+ * pass (that clears what pointed past the end) has not met yet, except
+ * for the tables it copied.
+ */
+static bool
+offset_valid (const struct checker *ck, uint64_t host, uint64_t len,
+              bool table)
+{
+  const struct qed_image *img = ck->img;
+  uint64_t end = ck->first_pass && !(table && ck->phase == WALK_ENTRIES)
+    ? ck->file_end : ck->alloc_end;
+
+  return host % img->cluster_size == 0 && host >= img->header_bytes &&
+    host <= end && end - host >= len;
+}
+
+static void
+count_corruptions (struct checker *ck, uint64_t n, bool fixed)
+{
+  if (fixed)
+    ck->res->corruptions_fixed += n;
+  else
+    ck->res->corruptions += n;
+}
+
+/* Copy len bytes at from to a new place at the end of the file; *to
+ * is 0 when the copy budget is spent.
+ */
+static int
+copy_to_end (struct checker *ck, uint64_t from, uint64_t len, uint64_t *to)
+{
+  struct qed_file *f = ck->img->file;
+  uint64_t cs = ck->img->cluster_size;
+  int r;
+
+  if (len > ck->copy_budget) {
+    if (!ck->budget_spent)
+      qed_notice ("%s: repair: too many shared clusters to copy them all;"
+                  " clearing the remaining entries that share clusters",
+                  image_name (ck->img));
+    ck->budget_spent = true;
+    *to = 0;
+    return 0;
+  }
+  ck->copy_budget -= len;
+  if (ck->copy_buf == NULL && (ck->copy_buf = malloc (cs)) == NULL)
+    return -ENOMEM;
+  *to = ck->alloc_end;
+  for (uint64_t done = 0; done < len; done += cs) {
+    if ((r = f->ops->pread (f, ck->copy_buf, cs, from + done)) < 0 ||
+        (r = f->ops->pwrite (f, ck->copy_buf, cs, *to + done)) < 0) {
+      qed_error ("%s: repair: copying a cluster from 0x%" PRIx64 ": %s",
+                 image_name (ck->img), from + done, strerror (-r));
+      return r;
+    }
+  }
+  ck->alloc_end += len;
+  return 0;
+}
+
+/* Write back a chunk of table entries the repair changed.  Copies it
+ * points at are flushed first, so no entry reaches the disk before the
+ * data it points at.
+ */
+static int
+write_chunk (struct checker *ck, uint64_t host, uint64_t *entries, size_t n)
+{
+  struct qed_file *f = ck->img->file;
+  int r = f->ops->flush (f);
+
+  for (size_t i = 0; i < n; i++)
+    entries[i] = htole64 (entries[i]);
+  if (r == 0)
+    r = f->ops->pwrite (f, entries, n * 8, host);
+  for (size_t i = 0; i < n; i++)
+    entries[i] = le64toh (entries[i]);
+  if (r < 0)
+    qed_error ("%s: repair: writing table entries at 0x%" PRIx64 ": %s",
+               image_name (ck->img), host, strerror (-r));
+  return r;
+}
+
+static int
+read_chunk (struct checker *ck, uint64_t host, uint64_t *entries, size_t n)
+{
+  struct qed_file *f = ck->img->file;
+  int r = f->ops->pread (f, entries, n * 8, host);
+
+  if (r < 0)
+    return r;
+  for (size_t i = 0; i < n; i++)
+    entries[i] = le64toh (entries[i]);
+  return 0;
+}
+
+/* An entry is invalid: count it once, and clear it when repairing. */
+static void
+invalid_entry (struct checker *ck, uint64_t *entry, bool *changed)
+{
+  if (!ck->first_pass)
+    return;
+  count_corruptions (ck, 1, ck->repair);
+  if (ck->repair) {
+    *entry = 0;
+    *changed = true;
+  }
+}
+
+/* Check one L2 table entry. */
+static int
+check_data_entry (struct checker *ck, uint64_t *entry, bool *changed)
+{
+  uint64_t copy;
+  int r;
+
+  if (*entry == QED_ENTRY_UNALLOCATED || *entry == QED_ENTRY_ZERO)
+    return 0;
+  if (ck->first_pass)
+    ck->res->allocated_clusters++;
+  if (!offset_valid (ck, *entry, ck->img->cluster_size, false)) {
+    invalid_entry (ck, entry, changed);
+    return 0;
+  }
+  if (mark (ck, *entry, 1) == 0)
+    return 0;
+  /* Referenced before: give this entry a copy of its own. */
+  count_corruptions (ck, 1, ck->repair);
+  if (!ck->repair)
+    return 0;
+  r = copy_to_end (ck, *entry, ck->img->cluster_size, &copy);
+  if (r < 0)
+    return r;
+  *entry = copy ? copy : QED_ENTRY_UNALLOCATED;
+  *changed = true;
+  return 0;
+}
+
+static int
+check_l2_table (struct checker *ck, uint64_t table)
+{
+  uint64_t nelems = ck->img->table_bytes / 8;
+  CLEANUP_FREE uint64_t *entries = malloc (CHUNK_ENTRIES * 8);
+  int r;
+
+  if (entries == NULL)
+    return -ENOMEM;
+  for (uint64_t i = 0; i < nelems; i += CHUNK_ENTRIES) {
+    size_t n = nelems - i < CHUNK_ENTRIES ? nelems - i : CHUNK_ENTRIES;
+    bool changed = false;
+
+    if (read_chunk (ck, table + i * 8, entries, n) < 0) {
+      if (ck->first_pass)
+        ck->res->check_errors++;
+      return 0;
+    }
+    for (size_t j = 0; j < n; j++)
+      if ((r = check_data_entry (ck, &entries[j], &changed)) < 0)
+        return r;
+    if (changed && (r = write_chunk (ck, table + i * 8, entries, n)) < 0)
+      return r;
+  }
+  return 0;
+}
+
+/* Mark the table an L1 entry points at; when its clusters are shared,
+ * count that and, repairing, clear or copy it.  Returns 1 if the
+ * table's entries are to be walked.
+ */
+static int
+settle_table (struct checker *ck, uint64_t *entry, bool *changed)
+{
+  struct qed_image *img = ck->img;
+  uint64_t shared, copy, l1 = img->header.l1_table_offset;
+  int r;
+
+  shared = mark (ck, *entry, img->header.table_size);
+  if (shared == 0)
+    return 1;
+  count_corruptions (ck, shared, ck->repair);
+  if (!ck->repair)
+    return 0;                   /* as QEMU: not walked */
+  /* An entry into the L1 table points at no L2 table: clear it.  Any
+   * other gets a copy of its own, so that its range reads as before.
+   */
+  if (*entry < l1 + img->table_bytes && l1 < *entry + img->table_bytes)
+    copy = 0;
+  else if ((r = copy_to_end (ck, *entry, img->table_bytes, &copy)) < 0)
+    return r;
+  *entry = copy;
+  *changed = true;
+  return 0;
+}
+
+/* Check one L1 entry (in this walk's phase). */
+static int
+check_l1_entry (struct checker *ck, uint64_t *entry, bool *changed)
+{
+  int r;
+
+  if (*entry == 0)
+    return 0;
+  if (!offset_valid (ck, *entry, ck->img->table_bytes, true)) {
+    invalid_entry (ck, entry, changed);
+    return 0;
+  }
+  if (ck->phase == WALK_ENTRIES)
+    return check_l2_table (ck, *entry);
+  r = settle_table (ck, entry, changed);
+  if (r > 0 && ck->phase == CHECK_ALL)
+    return check_l2_table (ck, *entry);
+  return r < 0 ? r : 0;
+}
+
+static int
+walk_l1 (struct checker *ck)
+{
+  struct qed_image *img = ck->img;
+  uint64_t l1 = img->header.l1_table_offset, nelems = img->table_bytes / 8;
+  CLEANUP_FREE uint64_t *entries = malloc (CHUNK_ENTRIES * 8);
+  int r;
+
+  if (entries == NULL)
+    return -ENOMEM;
+  for (uint64_t i = 0; i < nelems; i += CHUNK_ENTRIES) {
+    size_t n = nelems - i < CHUNK_ENTRIES ? nelems - i : CHUNK_ENTRIES;
+    bool changed = false;
+
+    if ((r = read_chunk (ck, l1 + i * 8, entries, n)) < 0) {
+      qed_error ("%s: check: reading the L1 table: %s", image_name (img),
+                 strerror (-r));
+      return r;
+    }
+    for (size_t j = 0; j < n; j++)
+      if ((r = check_l1_entry (ck, &entries[j], &changed)) < 0)
+        return r;
+    if (changed && (r = write_chunk (ck, l1 + i * 8, entries, n)) < 0)
+      return r;
+  }
+  return 0;
+}
+
+/* One pass: mark what lies in the window, count its leaks. */
+static int
+check_pass (struct checker *ck)
+{
+  struct qed_image *img = ck->img;
+  uint64_t c;
+  int r;
+
+  memset (ck->bitmap, 0, (ck->win_end - ck->win_start + 63) / 64 * 8);
+  mark (ck, img->header.l1_table_offset, img->header.table_size);
+  if (ck->repair) {
+    ck->phase = SETTLE_TABLES;
+    if ((r = walk_l1 (ck)) < 0)
+      return r;
+    ck->phase = WALK_ENTRIES;
+  }
+  else
+    ck->phase = CHECK_ALL;
+  if ((r = walk_l1 (ck)) < 0)
+    return r;
+
+  /* Leaks: unmarked clusters, 64 at a time; the header is none. */
+  for (c = ck->win_start; c < ck->win_end; c += 64) {
+    uint64_t bit = c - ck->win_start, word = ~ck->bitmap[bit / 64];
+
+    if (c + 64 > ck->win_end || c < img->header.header_size)
+      for (unsigned i = 0; i < 64; i++)
+        if (c + i >= ck->win_end || c + i < img->header.header_size)
+          word &= ~(1ull << i);
+    ck->res->leaks += __builtin_popcountll (word);
+  }
+  return 0;
+}
+
+/* Give back leaked clusters at the end of the file. */
+static int
+truncate_leaks (struct checker *ck)
+{
+  struct qed_file *f = ck->img->file;
+  uint64_t end = ck->alloc_end > ck->file_end ? ck->alloc_end : ck->used_end;
+  uint64_t leaked;
+  int r;
+
+  if (end >= ck->file_size || ck->res->check_errors ||
+      f->ops->truncate == NULL)
+    return 0;
+  leaked = (ck->file_end - end) >> ck->img->cluster_bits;
+  r = f->ops->truncate (f, end);
+  if (r < 0) {
+    qed_error ("%s: repair: truncating leaked clusters: %s",
+               image_name (ck->img), strerror (-r));
+    return r;
+  }
+  ck->res->leaks -= leaked;
+  ck->res->leaks_fixed += leaked;
+  return 0;
+}
+
+/* After a repair the tables on disk changed: reload what is cached.
+ * New L2 tables that earlier failed writes left unlinked go too: the
+ * repair may have truncated their space, and allocation starts again
+ * from the end of the file.
+ */
+static int
+reload (struct qed_image *img)
+{
+  struct pending_table *pt, *next;
+  uint64_t size;
+  int r = img->file->ops->get_size (img->file, &size);
+
+  if (r < 0)
+    return r;
+  table_lock (img);
+  for (pt = img->pending; pt; pt = next) {
+    next = pt->next;
+    for (size_t i = 0; i < pt->nslices; i++)
+      slice_put (img, pt->slices[i]);
+    free (pt->slices);
+    free (pt);
+  }
+  img->pending = NULL;
+  free (img->l1);
+  free (img->l1_bad);
+  free (img->tables);
+  img->l1 = img->l1_bad = img->tables = NULL;
+  img->alloc_end = img->open_end = cluster_start (img, size);
+  img->sparse_from = img->file_end = size;
+  new_links_free (&img->new_links);
+  l2_cache_drop_all (&img->cache);
+  table_unlock (img);
+  return table_load_l1 (img);
+}
+
+int
+check_image (struct qed_image *img, bool repair,
+             struct qed_check_result *res)
+{
+  struct checker ck = { .img = img, .res = res, .repair = repair };
+  uint64_t nclusters, last;
+  int r;
+
+  token_assert_held (img);
+  memset (res, 0, sizeof *res);
+  r = img->file->ops->get_size (img->file, &ck.file_size);
+  if (r < 0)
+    return r;
+  ck.file_end = ck.alloc_end = cluster_start (img, ck.file_size);
+  ck.copy_budget = ck.file_size;
+  ck.used_end = img->header_bytes;
+  nclusters = ck.file_end >> img->cluster_bits;
+  res->total_clusters = (img->header.image_size + img->cluster_size - 1)
+    >> img->cluster_bits;
+
+  ck.bitmap = malloc ((nclusters < CHECK_WINDOW ? nclusters : CHECK_WINDOW)
+                      / 64 * 8 + 8);
+  if (ck.bitmap == NULL)
+    return -ENOMEM;
+
+  /* The first pass also finds the last referenced cluster: windows
+   * after it would only count leaks, one at a time.
+   */
+  ck.first_pass = true;
+  ck.win_end = nclusters < CHECK_WINDOW ? nclusters : CHECK_WINDOW;
+  if ((r = check_pass (&ck)) < 0)
+    goto out;
+  ck.first_pass = false;
+  last = ck.used_end >> img->cluster_bits;
+  if (last > ck.win_end &&
+      (last - ck.win_end) / CHECK_WINDOW >= CHECK_MAX_PASSES) {
+    qed_error ("%s: check: the tables reference clusters spread over %"
+               PRIu64 " bytes of file, too far apart to check with"
+               " bounded memory", image_name (img), ck.used_end);
+    r = -EFBIG;
+    goto out;
+  }
+  for (ck.win_start = ck.win_end; ck.win_start < last;
+       ck.win_start = ck.win_end) {
+    ck.win_end = last - ck.win_start < CHECK_WINDOW ? last
+      : ck.win_start + CHECK_WINDOW;
+    if ((r = check_pass (&ck)) < 0)
+      goto out;
+  }
+  if (nclusters > ck.win_end)
+    res->leaks += nclusters - ck.win_end;
+
+  if (repair) {
+    if ((r = truncate_leaks (&ck)) < 0)
+      goto out;
+    if (res->corruptions == 0 && res->check_errors == 0)
+      r = need_check_clear (img);
+    if (r == 0 && (res->corruptions_fixed || res->leaks_fixed))
+      r = img->file->ops->flush (img->file);
+    if (r == 0)
+      r = reload (img);
+  }
+  if (r == 0)
+    r = img->file->ops->get_size (img->file, &res->image_end);
+
+ out:
+  free (ck.bitmap);
+  free (ck.copy_buf);
+  return r;
+}
+

@@ -1,0 +1,409 @@
+/* nbdkit-qed: engine internals shared by the engine's sources.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * Notes on the design
+ * -------------------
+ * Three things order what the threads using one image do.
+ *
+ * The gate (img->gate, gate.c) keeps requests apart from the calls
+ * that change the image as a whole.  Requests pass it shared.
+ * qed_image_enable_writes, qed_image_check and qed_image_close close
+ * it, which waits for the requests inside and holds new ones back, and
+ * take the commit token as well, which keeps the background thread
+ * out; so they run alone.
+ *
+ * The table lock (img->lock) guards the fields marked so in struct
+ * qed_image: the L1 table, the L2 slice cache, the allocator and the
+ * lists of allocations in flight.  It is held for memory work, with
+ * one exception: the committer extends the file under it (extend_file
+ * in alloc.c, a rare ftruncate), because only under the lock is
+ * alloc_end final, so that the new size never cuts data that a
+ * request in flight wrote past the batch.  Reading a missing L2 slice
+ * drops the lock while the slice, marked SLICE_LOADING, is read.
+ *
+ * The commit token (img->committing, taken and given back under the
+ * table lock) is held by one thread at a time: the committer of a
+ * batch of links, the background thread while it marks the image
+ * clean, or a call holding the gate closed.  Its holder alone writes
+ * table entries and the header, without the table lock.
+ *
+ * So the file is used like this:
+ * - pread and pwrite of data clusters, punch of wholly covered ones:
+ *   requests, without locks;
+ * - pwrite of L1 and L2 entries and of the header: the commit token;
+ * - truncate: the table lock (extend_file), or the gate closed
+ *   (repair);
+ * - lock: open, close and the gate closed;
+ * - flush and get_size: anyone.
+ * In debug builds, assertions check the lock and the token at the top
+ * of the functions that need them (table_assert_held and friends).
+ *
+ * Mappings only ever grow: an L2 entry goes from unallocated or zero to
+ * a data cluster, or from unallocated to zero, never back (outside of
+ * repair, which runs with the gate closed).  So once a lookup has seen
+ * a data cluster, the request can read or write it in place after
+ * dropping the lock.
+ *
+ * An allocating write reserves clusters at the end of the file and
+ * marks the virtual clusters in flight (other writers to them wait),
+ * drops the lock, writes the data and the parts of the clusters the
+ * request does not cover, then queues a link.  One thread at a time is
+ * the committer: it takes every queued link, writes the L2 entries (and
+ * new L2 tables, then their L1 entries) without the lock, then applies
+ * them in memory.  Links queued meanwhile go out together in the next
+ * batch, so concurrent allocating writes share metadata writes and
+ * flushes.  The in-memory tables change only after the disk does, so a
+ * reader never follows an entry that a failed write left off the disk.
+ * alloc.c spells out the states an allocation and a new table go
+ * through.
+ *
+ * Before writing a batch, the committer makes sure that the file
+ * covers every cluster the batch links, so that no entry points at a
+ * cluster not wholly inside the file: when the data writes did not
+ * reach that far, it extends the file (sparsely) to the end of
+ * everything reserved; nothing is written past the end of the
+ * reservations, so this never cuts data.  A file that cannot change
+ * size (no truncate) cannot take new clusters at all.
+ *
+ * Crash safety (see also dirty.c):
+ * - Without a backing file, NEED_CHECK is made durable before the first
+ *   batch that links new clusters; a crash can then leave entries
+ *   whose data never reached the disk, which read as zeros (the old
+ *   contents) because new clusters lie beyond the old end of the file,
+ *   or point past the end of the file, which the check clears.
+ * - With a backing file, or when new clusters overwrite bytes that were
+ *   in the file at open (a partial last cluster), the data is flushed
+ *   before the entries are written, as QEMU does; a crash can leak
+ *   clusters but never expose a cluster whose copy of the backing data
+ *   was lost.
+ * - A new L2 table is written (and, in the same cases, flushed) before
+ *   the L1 entry points at it.
+ */
+
+#ifndef QED_INTERNAL_H
+#define QED_INTERNAL_H
+
+#include <assert.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "qed.h"
+#include "qed-file.h"
+#include "qed-format.h"
+#include "l2-cache.h"
+
+struct backing;
+
+/* gate.c: see the notes above. */
+struct gate {
+  unsigned inside;              /* requests past the gate; atomic */
+  bool closed;                  /* atomic; changes under lock */
+  pthread_mutex_t lock;
+  pthread_cond_t drained;       /* the last request left a closed gate */
+  pthread_cond_t opened;
+};
+void gate_init (struct gate *g);
+void gate_destroy (struct gate *g);
+void gate_enter (struct gate *g);
+void gate_leave (struct gate *g);
+void gate_close (struct gate *g);
+void gate_open (struct gate *g);
+
+/* A request holds the gate until the end of the enclosing scope. */
+static inline void
+gate_leave_cleanup (struct gate **g)
+{
+  gate_leave (*g);
+}
+#define PASS_GATE_FOR_CURRENT_SCOPE(img)                                \
+  __attribute__ ((cleanup (gate_leave_cleanup)))                        \
+  struct gate *gate_passed_ = &(img)->gate;                             \
+  gate_enter (gate_passed_)
+
+/* new-links.c */
+struct new_links {
+  struct new_links_slot *slots;
+  size_t nslots, count;
+};
+int new_links_reserve (struct new_links *nl, uint64_t key);
+void new_links_add (struct new_links *nl, uint64_t key, unsigned index,
+                    unsigned count);
+bool new_links_has (const struct new_links *nl, uint64_t key, unsigned index);
+void new_links_free (struct new_links *nl);
+
+/* What a run of virtual clusters maps to. */
+enum run_kind {
+  RUN_DATA,                     /* contiguous data clusters */
+  RUN_ZERO,                     /* zero clusters */
+  RUN_UNALLOC,                  /* unallocated: the backing file, or zeros */
+  RUN_BAD,                      /* an invalid L1 or L2 entry */
+};
+
+struct run {
+  enum run_kind kind;
+  uint64_t offset, length;      /* virtual bytes */
+  uint64_t host;                /* RUN_DATA: host offset of offset */
+  uint32_t l1_index;
+  /* The L2 slice holding the run's entries, with a reference (NULL if
+   * the L1 entry is empty or bad); index is the run's first entry in it.
+   */
+  struct l2_slice *slice;
+  unsigned index;
+};
+
+/* The states of a new L2 table and of an allocation, in the order they
+ * go through them; alloc.c says who moves them on.
+ */
+enum table_state {
+  TABLE_RESERVED,               /* space reserved at host */
+  TABLE_PREPARED,               /* that space reads as zeros in the file */
+  TABLE_L1_WRITTEN,             /* the L1 entry on disk points at it */
+  TABLE_LINKED,                 /* ... and so does the L1 table in memory */
+};
+
+enum alloc_state {
+  ALLOC_RESERVED,               /* on img->inflight, data being written */
+  ALLOC_QUEUED,                 /* on img->queue, waiting for a committer */
+  ALLOC_COMMITTING,             /* in the batch being committed */
+  ALLOC_LINKED,                 /* its L2 entries are on disk */
+  ALLOC_DONE,                   /* off img->inflight; ret is final */
+};
+
+/* An L2 table that has been allocated but is not yet in the L1 table. */
+struct pending_table {
+  uint32_t l1_index;
+  uint64_t host;
+  enum table_state state;
+  unsigned users;               /* allocations in flight using it */
+  struct l2_slice **slices;     /* created so far, each referenced */
+  size_t nslices;
+  struct pending_table *next;
+};
+
+/* An allocation: from reservation to the link that makes it visible. */
+struct alloc {
+  uint64_t first;               /* first virtual cluster */
+  uint32_t count;               /* clusters */
+  enum run_kind was;            /* RUN_UNALLOC or RUN_ZERO */
+  uint32_t l1_index;
+  struct l2_slice *slice;       /* referenced until done */
+  unsigned index;               /* first entry in slice */
+  struct pending_table *table;  /* the L2 table is new */
+  uint64_t host;                /* first new cluster, or QED_ENTRY_ZERO */
+  bool needs_flush;             /* data must be durable before the link */
+  uint64_t written_end;         /* its writes made the file reach this */
+  /* Under the table lock, or the committer's while committing. */
+  enum alloc_state state;
+  int ret;
+  struct alloc *next_inflight;
+  struct alloc *next_queued;
+};
+
+struct qed_image {
+  /* Set by open; constant until close. */
+  struct qed_file *file;
+  char *path;                   /* for messages and backing names */
+  char *backing_name;           /* from the header, NUL-terminated */
+  uint32_t cluster_size;
+  unsigned cluster_bits;
+  uint64_t table_bytes;         /* one L1 or L2 table */
+  unsigned table_bits;          /* log2 of entries per table */
+  uint64_t header_bytes;
+  uint64_t l1_entries;          /* L1 entries covering the virtual disk */
+  enum qed_access access;
+  bool no_locking, always_check;
+  struct backing *backing;
+
+  struct gate gate;
+  /* Change only with the gate closed. */
+  bool writable;                /* atomic: read by requests */
+  bool writes_impossible;       /* atomic: enable_writes found EROFS */
+  uint64_t sparse_from;         /* file size at open (or repair) */
+  /* features change under the commit token, the rest with the gate
+   * closed.
+   */
+  struct qed_header header;
+
+  pthread_mutex_t lock;         /* the table lock */
+  pthread_cond_t slice_loaded;  /* a SLICE_LOADING slice is done */
+  pthread_cond_t alloc_done;    /* an allocation left the in-flight list */
+  pthread_cond_t commit_done;   /* a batch is committed, the token free */
+  pthread_t lock_owner, token_owner;  /* for the assertions */
+
+  /* Under the table lock. */
+  uint64_t *l1;                 /* l1_entries, CPU order */
+  uint64_t *l1_bad;             /* bitmap of invalid entries, or NULL */
+  uint64_t *tables;             /* sorted host offsets of linked L2 tables */
+  size_t ntables;
+  struct l2_cache cache;
+  uint64_t alloc_end;           /* where the next cluster goes */
+  uint64_t file_end;            /* the file reaches at least this far */
+  uint64_t open_end;            /* whole clusters of the file at open */
+  struct new_links new_links;   /* entries pointing beyond open_end */
+  struct alloc *inflight;
+  struct pending_table *pending;
+  struct alloc *queue;          /* links waiting for the committer */
+  bool committing;              /* the commit token */
+  bool need_check_ours;         /* we set NEED_CHECK and must clear it */
+  bool reported_bad;            /* logged the first bad entry served */
+  uint64_t last_alloc_ns;
+
+  /* The background thread (dirty.c); bg_stop under the table lock. */
+  pthread_cond_t bg_wake;       /* on the monotonic clock */
+  pthread_t bg_thread;
+  bool bg_running, bg_stop;
+  unsigned idle_ms;
+};
+
+/* The table lock and the commit token, checked in debug builds: each
+ * owner is written only by the thread that holds what it names, so a
+ * thread that reads its own id there does hold it.
+ */
+static inline void
+set_owner (pthread_t *owner, bool mine)
+{
+#ifndef NDEBUG
+  __atomic_store_n (owner, mine ? pthread_self () : (pthread_t) 0,
+                    __ATOMIC_RELAXED);
+#endif
+}
+
+static inline bool
+is_owner (const pthread_t *owner)
+{
+  return pthread_equal (__atomic_load_n (owner, __ATOMIC_RELAXED),
+                        pthread_self ());
+}
+
+static inline void
+table_lock (struct qed_image *img)
+{
+  pthread_mutex_lock (&img->lock);
+  set_owner (&img->lock_owner, true);
+}
+
+static inline void
+table_unlock (struct qed_image *img)
+{
+  set_owner (&img->lock_owner, false);
+  pthread_mutex_unlock (&img->lock);
+}
+
+static inline void
+table_wait (struct qed_image *img, pthread_cond_t *cond)
+{
+  set_owner (&img->lock_owner, false);
+  pthread_cond_wait (cond, &img->lock);
+  set_owner (&img->lock_owner, true);
+}
+
+#define table_assert_held(img) assert (is_owner (&(img)->lock_owner))
+#define table_assert_not_held(img) assert (!is_owner (&(img)->lock_owner))
+
+/* Take the commit token (waiting for it) and give it back; called with
+ * the table lock.
+ */
+void token_take (struct qed_image *img);
+void token_give (struct qed_image *img);
+#define token_assert_held(img) assert (is_owner (&(img)->token_owner))
+
+/* Geometry helpers. */
+static inline uint64_t
+cluster_start (const struct qed_image *img, uint64_t offset)
+{
+  return offset & ~((uint64_t) img->cluster_size - 1);
+}
+
+static inline uint64_t
+cluster_offset (const struct qed_image *img, uint64_t offset)
+{
+  return offset & (img->cluster_size - 1);
+}
+
+/* The capabilities a file may lack (see qed-file.h). */
+static inline int
+file_punch (struct qed_file *f, uint64_t offset, uint64_t count)
+{
+  return f->ops->punch ? f->ops->punch (f, offset, count) : -EOPNOTSUPP;
+}
+
+static inline int
+file_lock (struct qed_file *f, enum qed_lock_mode mode)
+{
+  return f->ops->lock ? f->ops->lock (f, mode) : 0;
+}
+
+/* log.c */
+#define qed_error(...) qed_log (QED_LOG_ERROR, __VA_ARGS__)
+#define qed_notice(...) qed_log (QED_LOG_NOTICE, __VA_ARGS__)
+#define qed_debug(...) qed_log (QED_LOG_DEBUG, __VA_ARGS__)
+const char *image_name (const struct qed_image *img);
+
+/* table.c: L1 and L2 tables on disk. */
+int table_load_l1 (struct qed_image *img);
+bool l1_entry_is_bad (const struct qed_image *img, uint32_t index);
+bool data_entry_valid (const struct qed_image *img, uint64_t entry,
+                       uint64_t slice_key, unsigned index);
+int table_read_slice (struct qed_image *img, struct l2_slice *s);
+void slice_validate (struct qed_image *img, struct l2_slice *s);
+int table_write_entries (struct qed_image *img, uint64_t host,
+                         const uint64_t *entries, size_t n);
+void tables_index_add (struct qed_image *img, uint64_t host);
+int header_write (struct qed_image *img);
+
+/* lookup.c */
+/* 0 if [offset, offset + count) lies inside the virtual disk, else
+ * -EINVAL after saying that the request (what) does not.
+ */
+int check_range (const struct qed_image *img, uint64_t count,
+                 uint64_t offset, const char *what);
+int lookup_run (struct qed_image *img, uint64_t offset, uint64_t length,
+                struct run *run);
+void run_release (struct qed_image *img, struct run *run);
+int lookup_run_taking_lock (struct qed_image *img, uint64_t offset,
+                            uint64_t length, struct run *run);
+int slice_get (struct qed_image *img, uint64_t key, bool create_zeroed,
+               struct l2_slice **sp);
+void slice_put (struct qed_image *img, struct l2_slice *s);
+
+/* alloc.c */
+int alloc_reserve (struct qed_image *img, struct run *run, bool zero_clusters,
+                   struct alloc *a);
+int alloc_commit (struct qed_image *img, struct alloc *a, int data_ret);
+uint64_t alloc_host_of (const struct qed_image *img, const struct alloc *a,
+                        uint64_t offset);
+
+/* read.c, write.c: the requests, inside the gate. */
+int image_read (struct qed_image *img, void *buf, uint64_t count,
+                uint64_t offset);
+int image_flush (struct qed_image *img);
+int write_zeros (struct qed_image *img, uint64_t host, uint64_t count);
+
+/* dirty.c: NEED_CHECK. */
+int need_check_set (struct qed_image *img);
+int need_check_clear (struct qed_image *img);
+void stop_background (struct qed_image *img);
+uint64_t now_ns (void);
+
+/* backing.c */
+int backing_open (struct qed_image *img, const struct qed_open_options *opts,
+                  unsigned depth, const uint64_t *chain_ids, size_t nids);
+void backing_close (struct backing *b);
+int backing_read (struct backing *b, void *buf, uint64_t count,
+                  uint64_t offset);
+int backing_status (struct backing *b, uint64_t count, uint64_t offset,
+                    qed_extent_fn fn, void *opaque);
+
+/* open.c: opening images, also as backing files. */
+int image_open (struct qed_file *file, const char *path,
+                const struct qed_open_options *opts, unsigned depth,
+                const uint64_t *chain_ids, size_t nids,
+                struct qed_image **imgp);
+
+/* check.c: called with the gate closed and the commit token held. */
+int check_image (struct qed_image *img, bool repair,
+                 struct qed_check_result *result);
+
+#endif /* QED_INTERNAL_H */

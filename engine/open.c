@@ -1,0 +1,395 @@
+/* nbdkit-qed: opening, enabling writes, checking and closing images:
+ * the calls that work on the image as a whole.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#include <config.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define DEFAULT_L2_CACHE_SIZE (32u * 1024 * 1024)
+
+static void
+image_free (struct qed_image *img)
+{
+  struct pending_table *pt, *next;
+
+  backing_close (img->backing);
+  for (pt = img->pending; pt; pt = next) {
+    next = pt->next;
+    free (pt->slices);
+    free (pt);
+  }
+  if (img->cache.buckets)
+    l2_cache_free (&img->cache);
+  new_links_free (&img->new_links);
+  free (img->l1);
+  free (img->l1_bad);
+  free (img->tables);
+  free (img->backing_name);
+  if (img->file)
+    img->file->ops->close (img->file);
+  pthread_cond_destroy (&img->slice_loaded);
+  pthread_cond_destroy (&img->alloc_done);
+  pthread_cond_destroy (&img->commit_done);
+  pthread_cond_destroy (&img->bg_wake);
+  pthread_mutex_destroy (&img->lock);
+  gate_destroy (&img->gate);
+  free (img->path);
+  free (img);
+}
+
+static unsigned
+log2_of (uint64_t v)
+{
+  return 63 - __builtin_clzll (v);
+}
+
+/* Read and validate the header, set up the geometry. */
+static int
+read_header (struct qed_image *img, uint64_t file_size)
+{
+  unsigned char buf[QED_HEADER_STRUCT_SIZE];
+  struct qed_header *h = &img->header;
+  char msg[256];
+  uint64_t span;
+  int r;
+
+  if (file_size < QED_HEADER_STRUCT_SIZE) {
+    qed_error ("%s: the file is too short (%" PRIu64 " bytes) to be a QED"
+               " image", image_name (img), file_size);
+    return -EINVAL;
+  }
+  r = img->file->ops->pread (img->file, buf, sizeof buf, 0);
+  if (r < 0) {
+    qed_error ("%s: reading the header: %s", image_name (img), strerror (-r));
+    return r;
+  }
+  qed_header_decode (buf, h);
+  r = qed_header_validate (h, file_size, msg, sizeof msg);
+  if (r < 0) {
+    qed_error ("%s: %s", image_name (img), msg);
+    return r;
+  }
+
+  img->cluster_size = h->cluster_size;
+  img->cluster_bits = log2_of (h->cluster_size);
+  img->table_bytes = (uint64_t) h->table_size * h->cluster_size;
+  img->table_bits = log2_of (img->table_bytes / 8);
+  img->header_bytes = (uint64_t) h->header_size * h->cluster_size;
+  span = UINT64_C (1) << (img->table_bits + img->cluster_bits);
+  img->l1_entries = h->image_size / span + (h->image_size % span != 0);
+  img->alloc_end = img->open_end = cluster_start (img, file_size);
+  img->sparse_from = img->file_end = file_size;
+
+  if (h->features & QED_F_BACKING_FILE) {
+    img->backing_name = calloc (1, h->backing_filename_size + 1);
+    if (img->backing_name == NULL)
+      return -ENOMEM;
+    r = img->file->ops->pread (img->file, img->backing_name,
+                               h->backing_filename_size,
+                               h->backing_filename_offset);
+    if (r < 0) {
+      qed_error ("%s: reading the backing file name: %s", image_name (img),
+                 strerror (-r));
+      return r;
+    }
+    if (strlen (img->backing_name) != h->backing_filename_size) {
+      qed_error ("%s: invalid backing file name: it contains a NUL byte"
+                 " (backing_filename_offset %" PRIu32
+                 ", backing_filename_size %" PRIu32 ")", image_name (img),
+                 h->backing_filename_offset, h->backing_filename_size);
+      return -EINVAL;
+    }
+  }
+  return 0;
+}
+
+/* Have the image to ourselves: no request inside, none let in, the
+ * background thread kept out.
+ */
+static void
+whole_image_begin (struct qed_image *img)
+{
+  gate_close (&img->gate);
+  table_lock (img);
+  token_take (img);
+  table_unlock (img);
+}
+
+static void
+whole_image_end (struct qed_image *img)
+{
+  table_lock (img);
+  token_give (img);
+  table_unlock (img);
+  gate_open (&img->gate);
+}
+
+static int
+report_check (struct qed_image *img, const struct qed_check_result *res,
+              bool repaired)
+{
+  if (res->corruptions_fixed || res->leaks_fixed)
+    qed_notice ("%s: repaired the image: fixed %" PRIu64 " corruptions and %"
+                PRIu64 " leaked clusters", image_name (img),
+                res->corruptions_fixed, res->leaks_fixed);
+  if (res->corruptions || res->check_errors)
+    qed_notice ("%s: %" PRIu64 " corruptions and %" PRIu64 " check errors"
+                " remain%s", image_name (img), res->corruptions,
+                res->check_errors, repaired ? "" : " (read-only: not repaired)");
+  else if (!res->corruptions_fixed && !res->leaks_fixed)
+    qed_debug ("%s: check found the image consistent", image_name (img));
+  return 0;
+}
+
+int
+image_open (struct qed_file *file, const char *path,
+            const struct qed_open_options *opts, unsigned depth,
+            const uint64_t *chain_ids, size_t nids, struct qed_image **imgp)
+{
+  struct qed_image *img;
+  pthread_condattr_t attr;
+  uint64_t file_size, *ids;
+  int r;
+
+  img = calloc (1, sizeof *img);
+  if (img == NULL) {
+    file->ops->close (file);
+    return -ENOMEM;
+  }
+  img->file = file;
+  gate_init (&img->gate);
+  pthread_mutex_init (&img->lock, NULL);
+  pthread_cond_init (&img->slice_loaded, NULL);
+  pthread_cond_init (&img->alloc_done, NULL);
+  pthread_cond_init (&img->commit_done, NULL);
+  pthread_condattr_init (&attr);
+  pthread_condattr_setclock (&attr, CLOCK_MONOTONIC);
+  pthread_cond_init (&img->bg_wake, &attr);
+  pthread_condattr_destroy (&attr);
+  img->access = opts->access;
+  img->no_locking = opts->no_locking;
+  img->always_check = opts->always_check;
+  if (path && (img->path = strdup (path)) == NULL) {
+    r = -ENOMEM;
+    goto fail;
+  }
+
+  if (!img->no_locking && (r = file_lock (file, QED_LOCK_SHARED)) < 0)
+    goto fail;
+  r = file->ops->get_size (file, &file_size);
+  if (r < 0) {
+    qed_error ("%s: %s", image_name (img), strerror (-r));
+    goto fail;
+  }
+  if ((r = read_header (img, file_size)) < 0 ||
+      (r = table_load_l1 (img)) < 0)
+    goto fail;
+  if (l2_cache_init (&img->cache, opts->l2_cache_size ? opts->l2_cache_size
+                     : DEFAULT_L2_CACHE_SIZE) == -1) {
+    r = -ENOMEM;
+    goto fail;
+  }
+
+  if (img->header.features & QED_F_BACKING_FILE) {
+    if (opts->no_backing) {
+      qed_error ("%s: the image has a backing file (%s) and backing files"
+                 " are disabled", image_name (img), img->backing_name);
+      r = -EPERM;
+      goto fail;
+    }
+    /* This image and its descendants, to catch loops. */
+    ids = malloc ((nids + 1) * 2 * sizeof *ids);
+    if (ids == NULL) {
+      r = -ENOMEM;
+      goto fail;
+    }
+    if (nids > 0)
+      memcpy (ids, chain_ids, nids * 2 * sizeof *ids);
+    if (file->ops->identity && file->ops->identity (file, &ids[2 * nids]) == 0)
+      nids++;
+    r = backing_open (img, opts, depth, ids, nids);
+    free (ids);
+    if (r < 0)
+      goto fail;
+  }
+  else if (opts->backing) {
+    qed_error ("%s: a backing file was given, but the image has none",
+               image_name (img));
+    r = -EINVAL;
+    goto fail;
+  }
+
+  if (img->access == QED_READ_WRITE)
+    r = qed_image_enable_writes (img);
+  else if (img->always_check) {
+    struct qed_check_result res;
+
+    whole_image_begin (img);
+    r = check_image (img, false, &res);
+    whole_image_end (img);
+    if (r == 0)
+      report_check (img, &res, false);
+  }
+  if (r < 0)
+    goto fail;
+  *imgp = img;
+  return 0;
+
+ fail:
+  image_free (img);
+  return r;
+}
+
+int
+qed_image_open_file (struct qed_file *file, const char *name,
+                     const struct qed_open_options *opts,
+                     struct qed_image **imgp)
+{
+  return image_open (file, name, opts, 0, NULL, 0, imgp);
+}
+
+int
+qed_image_open (const char *name, const struct qed_open_options *opts,
+                struct qed_image **imgp)
+{
+  const struct qed_opener *opener = opts->opener ? opts->opener
+    : &qed_posix_opener;
+  struct qed_file *file;
+  int r;
+
+  r = opener->open (opener, name,
+                    opts->access != QED_READ_ONLY ? QED_OPEN_WRITE : 0, &file);
+  if (r < 0) {
+    qed_error ("%s: %s", name, strerror (-r));
+    return r;
+  }
+  return image_open (file, name, opts, 0, NULL, 0, imgp);
+}
+
+/* Called with the image to ourselves. */
+static int
+enable_writes (struct qed_image *img)
+{
+  struct qed_header *h = &img->header;
+  int r;
+
+  if (img->writable)
+    return 0;
+  if (img->writes_impossible)
+    return -EROFS;
+  if (img->access == QED_READ_ONLY || !img->file->writable) {
+    qed_error ("%s: cannot write: the image was opened read-only",
+               image_name (img));
+    __atomic_store_n (&img->writes_impossible, true, __ATOMIC_RELEASE);
+    return -EROFS;
+  }
+  if (!img->no_locking &&
+      (r = file_lock (img->file, QED_LOCK_EXCLUSIVE)) < 0)
+    return r;
+
+  if (h->autoclear_features & ~(uint64_t) QED_AUTOCLEAR_FEATURE_MASK) {
+    h->autoclear_features &= QED_AUTOCLEAR_FEATURE_MASK;
+    r = header_write (img);
+    if (r == 0)
+      r = img->file->ops->flush (img->file);
+    if (r < 0)
+      goto fail;
+  }
+  if ((h->features & QED_F_NEED_CHECK) || img->always_check) {
+    struct qed_check_result res;
+
+    r = check_image (img, true, &res);
+    if (r < 0)
+      goto fail;
+    report_check (img, &res, true);
+  }
+  /* Read without locks by qed_image_is_writable. */
+  __atomic_store_n (&img->writable, true, __ATOMIC_RELEASE);
+  return 0;
+
+ fail:
+  if (!img->no_locking)
+    file_lock (img->file, QED_LOCK_SHARED);
+  return r;
+}
+
+int
+qed_image_enable_writes (struct qed_image *img)
+{
+  int r;
+
+  /* Settled: no need to stop the requests. */
+  if (qed_image_is_writable (img))
+    return 0;
+  if (__atomic_load_n (&img->writes_impossible, __ATOMIC_ACQUIRE))
+    return -EROFS;
+
+  whole_image_begin (img);
+  r = enable_writes (img);
+  whole_image_end (img);
+  return r;
+}
+
+int
+qed_image_check (struct qed_image *img, bool repair,
+                 struct qed_check_result *res)
+{
+  int r;
+
+  whole_image_begin (img);
+  if (repair && !img->writable) {
+    qed_error ("%s: cannot repair: the image is read-only", image_name (img));
+    r = -EROFS;
+  }
+  else
+    r = check_image (img, repair, res);
+  whole_image_end (img);
+  return r;
+}
+
+bool
+qed_image_is_writable (const struct qed_image *img)
+{
+  return __atomic_load_n (&img->writable, __ATOMIC_ACQUIRE);
+}
+
+int
+qed_image_close (struct qed_image *img)
+{
+  int r = 0;
+
+  stop_background (img);
+  whole_image_begin (img);
+  if (img->writable) {
+    r = image_flush (img);
+    if (r == 0)
+      r = need_check_clear (img);
+  }
+  image_free (img);
+  return r;
+}
+
+uint64_t
+qed_image_size (const struct qed_image *img)
+{
+  return img->header.image_size;
+}
+
+uint32_t
+qed_image_cluster_size (const struct qed_image *img)
+{
+  return img->cluster_size;
+}
+
+bool
+qed_image_has_backing (const struct qed_image *img)
+{
+  return img->backing != NULL;
+}

@@ -1,0 +1,17 @@
+/* nbdkit-qed: QEMU-compatible image locking.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ */
+
+#ifndef QED_LOCK_H
+#define QED_LOCK_H
+
+#include "qed-file.h"
+
+/* Move fd's locks from mode from to mode to.  Returns 0, or -EBUSY
+ * after logging which process's locks conflict (fd is then left in
+ * mode from).  Filesystems without OFD locks are used unlocked.
+ */
+int qed_lock_apply (int fd, const char *path, enum qed_lock_mode from,
+                    enum qed_lock_mode to);
+
+#endif /* QED_LOCK_H */

@@ -1,0 +1,194 @@
+/* nbdkit-qed: the QED image engine.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * This is the whole interface the front ends (the nbdkit plugin) and
+ * the tests use; qed-file.h is the file layer under it.  The engine
+ * knows nothing of nbdkit.
+ *
+ * Conventions:
+ * - Functions returning int return 0 on success or a negative errno.
+ *   The errno is what an NBD client should see: EIO for a corrupt
+ *   image or an I/O error, ENOSPC for a full disk, EROFS for a write to
+ *   a read-only image, ENOTSUP for a fast zero that would not be fast.
+ *   Every failure is also described through the log function.
+ * - Offsets and counts are in bytes of the virtual disk unless named
+ *   "host".
+ * - Every function taking an image may be called from any thread at
+ *   any time until qed_image_close.  Requests (read, write, zero, trim,
+ *   flush, block status) run in parallel; qed_image_enable_writes,
+ *   qed_image_check and qed_image_close wait for the requests in
+ *   flight, hold new ones back while they run, and run one at a time.
+ */
+
+#ifndef QED_H
+#define QED_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qed-file.h"
+
+struct qed_image;
+
+/* Messages.  The engine reports errors, the repairs it made and debug
+ * details through one process-wide function.  The default writes
+ * errors and notices to stderr and drops debug messages.
+ */
+enum qed_log_level { QED_LOG_DEBUG, QED_LOG_NOTICE, QED_LOG_ERROR };
+typedef void (*qed_log_fn) (enum qed_log_level level, const char *msg);
+void qed_set_log_function (qed_log_fn fn);
+/* Send a message through it (file layers use it too). */
+void qed_log (enum qed_log_level level, const char *fmt, ...)
+  __attribute__ ((format (printf, 2, 3)));
+
+/* Opening. */
+enum qed_access {
+  QED_READ_ONLY,           /* open the file read-only; never write */
+  QED_READ_WRITE,          /* writable at once (repairs if NEED_CHECK) */
+  QED_WRITE_ON_DEMAND,     /* open the file read-write when permitted, but
+                            * write nothing until qed_image_enable_writes */
+};
+
+struct qed_open_options {
+  enum qed_access access;
+  /* How the image and its backing files are found by name; NULL: the
+   * POSIX opener (paths).
+   */
+  const struct qed_opener *opener;
+  /* Backing files.  no_backing refuses any image whose header names a
+   * backing file.  backing replaces the name in the header (resolved
+   * like it, by the opener); backing_format
+   * ("raw" or "qed") replaces the header's raw bit and probing.
+   */
+  bool no_backing;
+  const char *backing;
+  const char *backing_format;
+  /* Bytes of memory for cached L2 tables; 0 selects the default. */
+  size_t l2_cache_size;
+  /* Take no QEMU-compatible OFD locks on the image and backing files. */
+  bool no_locking;
+  /* Run check (and repair, if writable) on open even when the image
+   * does not have NEED_CHECK set.  For images from untrusted sources.
+   */
+  bool always_check;
+};
+
+/* Open the image of that name (through the opener).  On failure *imgp
+ * is untouched and the log has said which field or step was wrong.
+ */
+int qed_image_open (const char *name, const struct qed_open_options *opts,
+                    struct qed_image **imgp);
+
+/* Open an image over an already open file.  The image owns the file
+ * from then on (also on failure).  name (may be NULL) is only used to
+ * resolve a relative backing file name and for messages.
+ */
+int qed_image_open_file (struct qed_file *file, const char *name,
+                         const struct qed_open_options *opts,
+                         struct qed_image **imgp);
+
+/* For QED_WRITE_ON_DEMAND images: take the write lock, clear unknown
+ * autoclear bits, repair if NEED_CHECK is set, and allow writes.
+ * Returns -EROFS if the file could only be opened read-only (then and
+ * after, logged once), -EBUSY if another process holds the image (it
+ * may be tried again).  Calling it on an image that is already
+ * writable does nothing.
+ */
+int qed_image_enable_writes (struct qed_image *img);
+bool qed_image_is_writable (const struct qed_image *img);
+
+/* Start the background thread that makes the image clean (flush, then
+ * clear NEED_CHECK) after idle_ms without allocating writes.  Must be
+ * called after any fork.  qed_image_close stops it.
+ */
+int qed_image_start_background (struct qed_image *img, unsigned idle_ms);
+
+/* Wait for the requests in flight, flush, clear NEED_CHECK if this
+ * process set it, and free everything, including backing images.
+ * Returns the first error from the flush or header update; the image
+ * is closed either way.
+ */
+int qed_image_close (struct qed_image *img);
+
+/* Geometry. */
+uint64_t qed_image_size (const struct qed_image *img);
+uint32_t qed_image_cluster_size (const struct qed_image *img);
+bool qed_image_has_backing (const struct qed_image *img);
+
+/* Requests.  offset + count must lie inside the virtual disk. */
+int qed_image_read (struct qed_image *img, void *buf, uint64_t count,
+                    uint64_t offset);
+
+#define QED_FUA        (1u << 0) /* durable before returning */
+#define QED_FAST_ZERO  (1u << 1) /* qed_image_zero: fail with ENOTSUP
+                                  * rather than write data */
+#define QED_MAY_TRIM   (1u << 2) /* qed_image_zero: host space may be
+                                  * given back */
+int qed_image_write (struct qed_image *img, const void *buf, uint64_t count,
+                     uint64_t offset, unsigned flags);
+
+/* Make the range read as zeros.  Whole clusters become zero clusters
+ * (or, when allocated, keep their cluster and give its host space
+ * back); partial clusters are written with zeros unless they already
+ * read as zero.
+ */
+int qed_image_zero (struct qed_image *img, uint64_t count, uint64_t offset,
+                    unsigned flags);
+
+/* Give back the host space of wholly covered allocated clusters.  The
+ * contents of a trimmed range are unspecified afterwards (they read as
+ * zeros today).  Elsewhere it does nothing.
+ */
+int qed_image_trim (struct qed_image *img, uint64_t count, uint64_t offset,
+                    unsigned flags);
+
+int qed_image_flush (struct qed_image *img);
+
+/* Block status.  Reports the range from offset as consecutive extents
+ * (each at least 1 byte, together covering at least one byte and at
+ * most count bytes) by calling fn until it returns non-zero or the
+ * range is covered.  Extent types are NBD's flags.
+ */
+#define QED_EXTENT_HOLE 1u      /* not allocated in the image or its chain */
+#define QED_EXTENT_ZERO 2u      /* reads as zeros */
+typedef int (*qed_extent_fn) (void *opaque, uint64_t offset, uint64_t length,
+                              unsigned type);
+int qed_image_block_status (struct qed_image *img, uint64_t count,
+                            uint64_t offset, qed_extent_fn fn, void *opaque);
+
+/* Consistency check, in qemu-img check's categories. */
+struct qed_check_result {
+  uint64_t corruptions;         /* found and left (or not fixable) */
+  uint64_t corruptions_fixed;
+  uint64_t leaks;               /* unreferenced clusters left */
+  uint64_t leaks_fixed;
+  uint64_t check_errors;        /* tables that could not be read */
+  uint64_t allocated_clusters;  /* data clusters referenced */
+  uint64_t total_clusters;      /* virtual disk size in clusters */
+  uint64_t image_end;           /* file size after the check */
+};
+
+/* Check the image; with repair, also fix what it found (the image must
+ * be writable).
+ */
+int qed_image_check (struct qed_image *img, bool repair,
+                     struct qed_check_result *result);
+
+/* Creation, laid out as qemu-img create -f qed lays it out. */
+struct qed_create_options {
+  uint64_t size;                  /* rounded up to 512 bytes */
+  uint32_t cluster_size;          /* 0: 64 KiB */
+  uint32_t table_size;            /* 0: 4 */
+  const char *backing_file;       /* NULL: none */
+  const char *backing_format;     /* "raw" sets the no-probe bit */
+  const struct qed_opener *opener;  /* for qed_create; NULL: POSIX */
+};
+/* Create (or overwrite) the image of that name through the options'
+ * opener, refusing one that another process has open.
+ */
+int qed_create (const char *name, const struct qed_create_options *opts);
+int qed_create_file (struct qed_file *file,
+                     const struct qed_create_options *opts);
+
+#endif /* QED_H */
