@@ -28,12 +28,14 @@
  * table entries and the header, without the table lock.
  *
  * So the file is used like this:
- * - pread and pwrite of data clusters, punch of wholly covered ones:
- *   requests, without locks;
- * - pwrite of L1 and L2 entries and of the header: the commit token;
+ * - pread and pwrite of data clusters, punch of wholly covered ones,
+ *   pread of L2 slices: requests, without locks;
+ * - pwrite of L1 and L2 entries, of a new table's zeros and of the
+ *   header: the commit token;
  * - truncate: the table lock (extend_file), or the gate closed
  *   (repair);
- * - lock: open, close and the gate closed;
+ * - everything else check and repair do, and lock: open, close, or the
+ *   gate closed;
  * - flush and get_size: anyone.
  * In debug builds, assertions check the lock and the token at the top
  * of the functions that need them (table_assert_held and friends).
@@ -246,11 +248,17 @@ struct qed_image {
   struct pending_table *pending;
   struct alloc *queue;          /* links waiting for the committer */
   bool committing;              /* the commit token */
-  bool need_check_ours;         /* we set NEED_CHECK and must clear it */
   bool reported_bad;            /* logged the first bad entry served */
   uint64_t last_alloc_ns;
 
-  /* The background thread (dirty.c); bg_stop under the table lock. */
+  /* Written holding the commit token; read under the table lock when
+   * the token is free.
+   */
+  bool need_check_ours;         /* we set NEED_CHECK and must clear it */
+
+  /* The background thread (dirty.c): bg_stop under the table lock, the
+   * rest set by qed_image_start_background and close.
+   */
   pthread_cond_t bg_wake;       /* on the monotonic clock */
   pthread_t bg_thread;
   bool bg_running, bg_stop;

@@ -184,10 +184,12 @@ struct qed_create_options {
   const char *backing_format;     /* "raw" sets the no-probe bit */
   const struct qed_opener *opener;  /* for qed_create; NULL: POSIX */
 };
+
 /* Create (or overwrite) the image of that name through the options'
  * opener, refusing one that another process has open.
  */
 int qed_create (const char *name, const struct qed_create_options *opts);
+/* The same in an open file (which stays open). */
 int qed_create_file (struct qed_file *file,
                      const struct qed_create_options *opts);
 

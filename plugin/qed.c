@@ -1,7 +1,7 @@
 /* nbdkit-qed: an nbdkit plugin serving QEMU QED disk images.
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
- * The callbacks only map NBD requests onto the engine in lib/: one
+ * The callbacks only map NBD requests onto the engine (engine/): one
  * image, opened in .get_ready, is shared by every connection.
  */
 
