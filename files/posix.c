@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "qed-file.h"
+#include "qed.h"
 #include "lock.h"
 
 struct posix_file {
@@ -169,17 +169,40 @@ posix_resolve (const struct qed_opener *opener, const char *name,
   return *resolved ? 0 : -ENOMEM;
 }
 
+/* A FIFO or a terminal would block in open and read; a directory is
+ * no image.  Only regular files and block devices are files here.
+ */
+static const char *
+special_type (mode_t mode)
+{
+  if (S_ISREG (mode) || S_ISBLK (mode))
+    return NULL;
+  if (S_ISFIFO (mode))
+    return "a FIFO";
+  if (S_ISDIR (mode))
+    return "a directory";
+  if (S_ISCHR (mode))
+    return "a character device";
+  if (S_ISSOCK (mode))
+    return "a socket";
+  return "not a regular file";
+}
+
 static int
 posix_open (const struct qed_opener *opener, const char *path,
             unsigned flags, struct qed_file **filep)
 {
   int writable = (flags & QED_OPEN_WRITE) != 0;
   int create = flags & QED_OPEN_CREATE ? O_CREAT : 0;
+  /* Non-blocking, so that a FIFO cannot hang the open. */
+  int oflags = O_CLOEXEC | O_NONBLOCK;
   struct posix_file *pf;
+  const char *type;
+  struct stat st;
   int fd = -1, e;
 
   if (writable) {
-    fd = open (path, O_RDWR | O_CLOEXEC | create, 0644);
+    fd = open (path, O_RDWR | oflags | create, 0644);
     /* Serve what cannot be written read-only, as nbdkit's file plugin
      * does; the engine then refuses writes with EROFS.
      */
@@ -190,9 +213,21 @@ posix_open (const struct qed_opener *opener, const char *path,
       return -errno;
   }
   if (fd == -1) {
-    fd = open (path, O_RDONLY | O_CLOEXEC);
+    fd = open (path, O_RDONLY | oflags);
     if (fd == -1)
       return -errno;
+  }
+  if (fstat (fd, &st) == -1 ||
+      fcntl (fd, F_SETFL, fcntl (fd, F_GETFL) & ~O_NONBLOCK) == -1) {
+    e = errno;
+    close (fd);
+    return -e;
+  }
+  if ((type = special_type (st.st_mode)) != NULL) {
+    qed_log (QED_LOG_ERROR, "%s: is %s: only regular files and block"
+             " devices can be images or backing files", path, type);
+    close (fd);
+    return -EINVAL;
   }
 
   pf = calloc (1, sizeof *pf);
