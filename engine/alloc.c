@@ -17,8 +17,10 @@
  *              reserved its clusters (and a new L2 table if needed) at
  *              alloc_end.  The requester writes the data, no lock.
  *   QUEUED     alloc_commit put it on img->queue.  A data write that
- *              failed skips to DONE instead: its clusters stay
- *              reserved and unlinked (leaked), never handed out again.
+ *              failed skips to DONE instead: its clusters were never
+ *              linked, so they are given back (give_back) once nothing
+ *              else is reserved above them; below a live reservation
+ *              they stay leaked, as their bytes are not zeros any more.
  *   COMMITTING The thread that takes the commit token takes the whole
  *              queue as a batch, extends the file if needed (under the
  *              lock), then writes without the lock: NEED_CHECK or the
@@ -459,6 +461,83 @@ apply_batch (struct qed_image *img, struct alloc *batch)
     img->last_alloc_ns = now_ns ();
 }
 
+/* A new table that no allocation uses any more and nothing was written
+ * to, ending at *end, goes too: its space and its zeroed slices.
+ */
+static bool
+drop_unused_table (struct qed_image *img, uint64_t *end)
+{
+  for (struct pending_table **tp = &img->pending; *tp; tp = &(*tp)->next) {
+    struct pending_table *pt = *tp;
+
+    if (pt->users == 0 && pt->state == TABLE_RESERVED &&
+        pt->host + img->table_bytes == *end) {
+      for (size_t i = 0; i < pt->nslices; i++)
+        l2_cache_remove (&img->cache, pt->slices[i]);
+      *end = pt->host;
+      *tp = pt->next;
+      free (pt->slices);
+      free (pt);
+      return true;
+    }
+  }
+  return false;
+}
+
+/* Called with the table lock held: the data writes into a's clusters
+ * failed (they are not linked, and never will be).  Give back every
+ * failed reservation at the end of what is reserved, cutting the file
+ * back to where it was, so that a run of failures (a full disk) leaves
+ * no leaked clusters.  The file is cut under the lock for the reason
+ * extend_file extends it under the lock.
+ */
+static void
+give_back (struct qed_image *img, const struct alloc *a)
+{
+  struct host_range *failed;
+  uint64_t end = img->alloc_end, keep;
+  bool found;
+  int r;
+
+  table_assert_held (img);
+  if (a->host != QED_ENTRY_ZERO) {
+    failed = realloc (img->failed, (img->nfailed + 1) * sizeof *failed);
+    if (failed == NULL)
+      return;                   /* leaked: the next check finds it */
+    img->failed = failed;
+    failed[img->nfailed].start = a->host;
+    failed[img->nfailed++].end = a->host + ((uint64_t) a->count
+                                            << img->cluster_bits);
+  }
+
+  do {
+    found = false;
+    for (size_t i = 0; i < img->nfailed; i++)
+      if (img->failed[i].end == end) {
+        end = img->failed[i].start;
+        img->failed[i] = img->failed[--img->nfailed];
+        found = true;
+      }
+    found |= drop_unused_table (img, &end);
+  } while (found);
+  if (end == img->alloc_end)
+    return;
+
+  /* Never below the bytes the file had at open. */
+  keep = end > img->sparse_from ? end : img->sparse_from;
+  r = img->file->ops->truncate (img->file, keep);
+  if (r < 0) {
+    qed_debug ("%s: cutting back failed allocations to 0x%" PRIx64 ": %s",
+               image_name (img), keep, strerror (-r));
+    return;                     /* leaked (the ranges are forgotten) */
+  }
+  qed_debug ("%s: gave back %" PRIu64 " bytes of failed allocations",
+             image_name (img), img->alloc_end - end);
+  img->alloc_end = end;
+  if (img->file_end > keep)
+    img->file_end = keep;
+}
+
 void
 token_take (struct qed_image *img)
 {
@@ -487,10 +566,8 @@ alloc_commit (struct qed_image *img, struct alloc *a, int data_ret)
   table_lock (img);
   assert (a->state == ALLOC_RESERVED);
   if (data_ret < 0) {
-    /* The clusters stay reserved (leaked) and are never reused, so a
-     * half-written one never shows up under another entry.
-     */
     alloc_finish (img, a);
+    give_back (img, a);
     pthread_cond_broadcast (&img->alloc_done);
     table_unlock (img);
     return data_ret;

@@ -419,6 +419,9 @@ reload (struct qed_image *img)
   free (img->tables);
   img->l1 = img->l1_bad = img->tables = NULL;
   img->alloc_end = img->open_end = cluster_start (img, size);
+  free (img->failed);
+  img->failed = NULL;
+  img->nfailed = 0;
   img->sparse_from = img->file_end = size;
   new_links_free (&img->new_links);
   l2_cache_drop_all (&img->cache);

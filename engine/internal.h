@@ -184,6 +184,10 @@ struct pending_table {
   struct pending_table *next;
 };
 
+struct host_range {
+  uint64_t start, end;
+};
+
 /* An allocation: from reservation to the link that makes it visible. */
 struct alloc {
   uint64_t first;               /* first virtual cluster */
@@ -241,6 +245,11 @@ struct qed_image {
   size_t ntables;
   struct l2_cache cache;
   uint64_t alloc_end;           /* where the next cluster goes */
+  /* Reservations whose data writes failed, never linked: given back
+   * once they reach alloc_end (alloc.c).
+   */
+  struct host_range *failed;
+  size_t nfailed;
   uint64_t file_end;            /* the file reaches at least this far */
   uint64_t open_end;            /* whole clusters of the file at open */
   struct new_links new_links;   /* entries pointing beyond open_end */

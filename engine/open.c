@@ -28,6 +28,7 @@ image_free (struct qed_image *img)
   if (img->cache.buckets)
     l2_cache_free (&img->cache);
   new_links_free (&img->new_links);
+  free (img->failed);
   free (img->l1);
   free (img->l1_bad);
   free (img->tables);

@@ -173,6 +173,78 @@ fail_one (const struct shape *s, unsigned mask, uint64_t k, int err,
   return fired;
 }
 
+/* A full disk: allocating writes fail in their data writes, from one
+ * thread and then from several at once.  Their clusters (and new
+ * tables) are given back: the file does not grow, and after the disk
+ * has room again and the image is closed, nothing has leaked.
+ */
+struct failing_writer {
+  pthread_t thread;
+  struct qed_image *img;
+  unsigned id;
+};
+
+static void *
+write_on_full_disk (void *arg)
+{
+  struct failing_writer *w = arg;
+  unsigned char buf[CLUSTER + 300];
+
+  test_fill_pattern (buf, sizeof buf, w->id);
+  for (unsigned i = 0; i < 20; i++) {
+    uint64_t offset = (uint64_t) (40 + w->id * 40 + i) * CLUSTER + 200;
+    if (i % 5 == 0)             /* now and then in a new table */
+      offset = 2 * L1_SPAN + (uint64_t) (w->id * 3 + i / 5) * CLUSTER + 200;
+    CHECK_ERR (qed_image_write (w->img, buf, sizeof buf, offset, 0), ENOSPC);
+  }
+  return NULL;
+}
+
+static void
+test_full_disk_gives_back (void)
+{
+  struct memfile *mf = fresh_copy ();
+  struct qed_image *img = test_open_image (mf);
+  struct failing_writer w[4];
+  struct qed_check_result res;
+  size_t size;
+
+  memfile_fail (mf, MF_PWRITE, 0, ENOSPC, true);
+  for (size_t i = 0; i < NSHAPES; i++) {
+    unsigned char buf[4 * CLUSTER + 200];
+    CHECK (shapes[i].n <= sizeof buf);
+    CHECK_ERR (qed_image_write (img, buf, shapes[i].n, shapes[i].offset, 0),
+               ENOSPC);
+  }
+  for (unsigned i = 0; i < 4; i++) {
+    w[i].img = img;
+    w[i].id = i;
+    CHECK (pthread_create (&w[i].thread, NULL, write_on_full_disk,
+                           &w[i]) == 0);
+  }
+  for (unsigned i = 0; i < 4; i++)
+    CHECK (pthread_join (w[i].thread, NULL) == 0);
+  memfile_fail (mf, 0, 0, 0, false);
+  memfile_data (mf, &size);
+  CHECK (size == base_size);
+
+  /* Room again: new writes land where the failed ones would have. */
+  test_model_write (model, img, 2 * L1_SPAN + 3 * CLUSTER, 2 * CLUSTER, 7);
+  test_model_write (model, img, 33 * CLUSTER, CLUSTER, 8);
+  CHECK_OK (qed_image_close (img));
+  img = test_open_image (mf);
+  test_model_check (model, SIZE, img);
+  CHECK_OK (qed_image_check (img, false, &res));
+  CHECK (res.corruptions == 0 && res.check_errors == 0);
+  if (res.leaks != 0) {
+    fprintf (stderr, "%" PRIu64 " leaked clusters after a full disk\n",
+             res.leaks);
+    exit (EXIT_FAILURE);
+  }
+  CHECK_OK (qed_image_close (img));
+  memfile_free (mf);
+}
+
 /* Every write of every shape, one at a time (and, with all, from
  * there on, and with EIO).
  */
@@ -456,6 +528,7 @@ main (void)
   test_l2_errors ();
   test_l2_errors_threads ();
   test_in_place ();
+  test_full_disk_gives_back ();
   test_write_failures (AFTER_NOTHING, true);
   test_write_failures (AFTER_REOPEN, false);
   test_flush_failures ();
