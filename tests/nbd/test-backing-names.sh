@@ -17,15 +17,6 @@ requires nbdcopy --version
 cd "$tmpdir"
 mkdir -p images/sub
 
-# must_refuse MESSAGE NBDKIT-ARGS...: nbdkit fails at start, saying so.
-must_refuse ()
-{
-    local msg=$1; shift
-    must_fail nbdkit "$plugin" "$@" --run true 2> err
-    cat err
-    grep -F -- "$msg" err
-}
-
 # reads_like IMAGE REFERENCE-RAW [ARGS...]
 reads_like ()
 {
@@ -51,11 +42,11 @@ reads_like abs.qed images/base.raw
 # Moved: the name in the header no longer resolves.
 mkdir moved
 cp images/sub/rel.qed moved/
-must_refuse "cannot open backing file" moved/rel.qed
-must_refuse "No such file" moved/rel.qed
+must_refuse_start "cannot open backing file" moved/rel.qed
+must_refuse_start "No such file" moved/rel.qed
 reads_like moved/rel.qed rel.raw backing=images/base.raw
 # backing= is relative to where nbdkit was started, and must exist.
-must_refuse "backing" moved/rel.qed backing=nosuch.raw
+must_refuse_start "backing" moved/rel.qed backing=nosuch.raw
 
 # A raw base that starts with QED's magic: with the raw bit the plugin
 # never probes it; without the bit it would be taken for QED, which
@@ -66,23 +57,23 @@ qemu-img create -q -f qed -b fake.raw -F raw rawbit.qed 4M
 reads_like rawbit.qed fake.raw
 qemu-img create -q -f qed -b fake.raw -F raw noprobe.qed 4M
 printf '\001' | dd of=noprobe.qed bs=1 seek=16 conv=notrunc   # only 0x1
-must_refuse "fake.raw" noprobe.qed
+must_refuse_start "fake.raw" noprobe.qed
 reads_like noprobe.qed fake.raw backing-format=raw
 
 # A missing backing file is an error at start.
 qemu-img create -q -f qed -u -b gone.raw -F raw missing.qed 4M
-must_refuse "cannot open backing file" missing.qed
-must_refuse "gone.raw" missing.qed
+must_refuse_start "cannot open backing file" missing.qed
+must_refuse_start "gone.raw" missing.qed
 
 # Loops: an image backed by itself, and a -> b -> a.
 qemu-img create -q -f qed self.qed 4M
 qemu-img rebase -q -u -f qed -b self.qed -F qed self.qed
-must_refuse "backing file loop" self.qed
+must_refuse_start "backing file loop" self.qed
 qemu-img create -q -f qed a.qed 4M
 qemu-img create -q -f qed -u -b a.qed -F qed b.qed 4M
 qemu-img rebase -q -u -f qed -b b.qed -F qed a.qed
-must_refuse "backing file loop" a.qed
-must_refuse "backing file loop" b.qed
+must_refuse_start "backing file loop" a.qed
+must_refuse_start "backing file loop" b.qed
 
 # Chains: 16 images (the top and 15 backing files) are served, longer
 # chains are refused.
@@ -93,24 +84,24 @@ for i in $(seq 1 16); do
 done
 qemu-img convert -O raw c0.qed c0.raw
 reads_like c15.qed c0.raw
-must_refuse "backing chain is too deep" c16.qed
+must_refuse_start "backing chain is too deep" c16.qed
 
 # Formats we do not serve are refused with their name, not read raw.
 qemu-img create -q -f qcow2 q.qcow2 4M
 qemu-img create -q -f qed -u -b q.qcow2 -F qcow2 onqcow2.qed 4M
-must_refuse "qcow2" onqcow2.qed
+must_refuse_start "qcow2" onqcow2.qed
 qemu-img create -q -f vmdk v.vmdk 4M
 qemu-img create -q -f qed -u -b v.vmdk -F vmdk onvmdk.qed 4M
-must_refuse "vmdk" onvmdk.qed
-must_refuse "backing-format must be raw or qed" onvmdk.qed \
+must_refuse_start "vmdk" onvmdk.qed
+must_refuse_start "backing-format must be raw or qed" onvmdk.qed \
     backing-format=vmdk
 
 # allow-backing=false refuses any image with a backing file (and says
 # which), and still serves images without one.
-must_refuse "backing files are disabled" abs.qed allow-backing=false
-must_refuse "$tmpdir/images/base.raw" abs.qed allow-backing=false
+must_refuse_start "backing files are disabled" abs.qed allow-backing=false
+must_refuse_start "$tmpdir/images/base.raw" abs.qed allow-backing=false
 qemu-img convert -O raw c0.qed c0.raw
 reads_like c0.qed c0.raw allow-backing=false
-must_refuse "cannot be used with backing=" c0.qed allow-backing=false \
+must_refuse_start "cannot be used with backing=" c0.qed allow-backing=false \
     backing=images/base.raw
-must_refuse "the image has none" c0.qed backing=images/base.raw
+must_refuse_start "the image has none" c0.qed backing=images/base.raw

@@ -11,7 +11,7 @@
 # files are never written; nbdinfo --map agrees with qemu-img map.
 
 source ./functions.sh
-set -e -u -x
+set -e -u -x -o pipefail
 
 requires qemu-img --version
 requires qemu-io --version
@@ -88,6 +88,16 @@ ref.close()
     qemu-img compare -f qed -F raw "$img" "$ref"
 }
 
+# check_overlay IMAGE: serve it, write through it (the reference is
+# QEMU's reading of it), serve it again.
+check_overlay ()
+{
+    serve_and_check "$1"
+    qemu-img convert -O raw "$1" ref.raw
+    write_through "$1" ref.raw
+    serve_and_check "$1"
+}
+
 # Random data in the base, so that lost backing bytes would show.
 head -c $((32 << 20)) /dev/urandom > base.raw
 base_sum=$(sha256sum < base.raw)
@@ -96,10 +106,7 @@ base_sum=$(sha256sum < base.raw)
 qemu-img create -q -f qed -b base.raw -F raw raw-overlay.qed 32M
 qemu-io -f qed -c 'write -P 0x11 100k 200k' -c 'write -z 1M 64k' \
     raw-overlay.qed
-serve_and_check raw-overlay.qed
-qemu-img convert -O raw raw-overlay.qed ref.raw
-write_through raw-overlay.qed ref.raw
-serve_and_check raw-overlay.qed
+check_overlay raw-overlay.qed
 
 # 2. A QED base (itself with data and zero clusters), overlay larger
 # than its base: reads past the base's end are zeros.
@@ -109,10 +116,7 @@ base_qed_sum=$(sha256sum < base.qed)
 qemu-img create -q -f qed -b base.qed -F qed qed-overlay.qed 40M
 qemu-io -f qed -c 'write -P 0x22 150k 10k' -c 'write -P 0x23 35M 64k' \
     qed-overlay.qed
-serve_and_check qed-overlay.qed
-qemu-img convert -O raw qed-overlay.qed ref.raw
-write_through qed-overlay.qed ref.raw
-serve_and_check qed-overlay.qed
+check_overlay qed-overlay.qed
 
 # 3. A chain three deep: base.raw <- mid.qed <- top.qed, names relative.
 qemu-img create -q -f qed -b base.raw -F raw mid.qed 32M
@@ -120,10 +124,7 @@ qemu-io -f qed -c 'write -P 0x31 0 64k' -c 'write -z 4M 64k' mid.qed
 mid_sum=$(sha256sum < mid.qed)
 qemu-img create -q -f qed -b mid.qed -F qed top.qed 32M
 qemu-io -f qed -c 'write -P 0x32 32k 64k' top.qed
-serve_and_check top.qed
-qemu-img convert -O raw top.qed ref.raw
-write_through top.qed ref.raw
-serve_and_check top.qed
+check_overlay top.qed
 
 # Block status over an unallocated range never hides backing data:
 # the first cluster of raw-overlay.qed is unallocated in the overlay

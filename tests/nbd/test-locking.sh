@@ -23,7 +23,7 @@ start_qemu_nbd ()
     local name=$1 i; shift
     qemu-nbd -t -k "$tmpdir/$name.sock" "$@" 2>"$tmpdir/$name.log" &
     eval "_qemu_pid_$name=$!"
-    cleanup_fn "kill $! 2>/dev/null; wait $! 2>/dev/null || true"
+    cleanup_fn stop_qemu_nbd "$name"
     for (( i=0; i < 100; i++ )); do
         [ -S "$tmpdir/$name.sock" ] && return 0
         sleep 0.1
@@ -31,21 +31,15 @@ start_qemu_nbd ()
     cat "$tmpdir/$name.log"
     return 1
 }
+# stop_qemu_nbd NAME: stop it (once: it is also a cleanup).
 stop_qemu_nbd ()
 {
     local pid
-    pid=$(eval echo "\$_qemu_pid_$1")
+    pid=$(eval echo "\${_qemu_pid_$1:-}")
+    [ -n "$pid" ] || return 0
+    eval "_qemu_pid_$1="
     kill "$pid"
     wait "$pid" || true
-}
-
-# must_refuse_start MESSAGE ARGS...: nbdkit fails at start, saying so.
-must_refuse_start ()
-{
-    local msg=$1; shift
-    must_fail nbdkit "$plugin" "$@" --run true 2> err
-    cat err
-    grep -F -- "$msg" err
 }
 
 # 1. qemu-nbd has the image open for writing: we refuse it at start and

@@ -10,7 +10,7 @@
 # ZERO, is a kind of its own and cannot match).
 
 source ./functions.sh
-set -e -u -x
+set -e -u -x -o pipefail
 
 requires nbdkit --version
 requires nbdinfo --version

@@ -33,9 +33,6 @@ qemu-io -f qed -c "write -P 0x11 0 100k" -c "write -z 1M 128k" \
     -c "write -P 0x33 $(( size - 4096 )) 4096" "$clean" > /dev/null
 qemu-img check -q -f qed "$clean"
 
-# u64 at a byte offset of the header.
-header_u64 () { od -An -tu8 -j"$2" -N8 "$1" | tr -d ' '; }
-
 cp "$clean" "$needcheck"
 /usr/bin/python3 - "$needcheck" $bad <<'EOF'
 import struct, sys
@@ -55,12 +52,12 @@ f.seek(l2 + 8 * i)
 f.write(struct.pack("<Q", end + 10 * cs))
 EOF
 printf '\x02' | dd of="$needcheck" bs=1 seek=16 conv=notrunc status=none
-test "$(header_u64 "$needcheck" 16)" = 2
+test "$(header_field "$needcheck" 16 8)" = 2
 must_fail qemu-img check -q -f qed "$needcheck"
 
 cp "$clean" "$autoclear"
 printf '\x40' | dd of="$autoclear" bs=1 seek=32 conv=notrunc status=none
-test "$(header_u64 "$autoclear" 32)" = 64
+test "$(header_field "$autoclear" 32 8)" = 64
 
 qemu-img convert -f qed -O raw "$clean" "$tmpdir/clean.raw"
 
@@ -129,12 +126,12 @@ bad = int(os.environ["bad"])
 assert not h.is_read_only()
 assert h.pread(512, bad) == bytes(512)
 '
-test "$(header_u64 "$needcheck" 16)" = 0
+test "$(header_field "$needcheck" 16 8)" = 0
 grep "repaired the image: fixed 1 corruptions" "$tmpdir/rw.log"
 nbdcopy "$uri_rw" "$tmpdir/out.raw"
 cmp "$tmpdir/clean.raw" "$tmpdir/out.raw"
 stop_nbdkit rw
-test "$(header_u64 "$needcheck" 16)" = 0
+test "$(header_field "$needcheck" 16 8)" = 0
 qemu-img check -f qed "$needcheck"
 qemu-img compare -f qed -F qed "$clean" "$needcheck"
 
@@ -142,9 +139,9 @@ sum=$(sha256sum < "$autoclear")
 start_nbdkit rw "$plugin" "$autoclear"
 test "$(sha256sum < "$autoclear")" = "$sum"
 nbdsh -u "$uri_rw" -c 'assert not h.is_read_only()'
-test "$(header_u64 "$autoclear" 32)" = 0
+test "$(header_field "$autoclear" 32 8)" = 0
 stop_nbdkit rw
-test "$(header_u64 "$autoclear" 32)" = 0
-test "$(header_u64 "$autoclear" 16)" = 0
+test "$(header_field "$autoclear" 32 8)" = 0
+test "$(header_field "$autoclear" 16 8)" = 0
 qemu-img check -f qed "$autoclear"
 qemu-img compare -f qed -F qed "$clean" "$autoclear"

@@ -135,9 +135,9 @@ for o, n in touched:
         raise Exception("mismatch in %d bytes at %d" % (n, o))
 EOF
 
-# table_size as a number from the header.
-table_size () { od -An -tu4 -j8 -N4 "$1" | tr -d ' '; }
-features () { od -An -tu8 -j16 -N8 "$1" | tr -d ' '; }
+# table_size and features from the header.
+table_size () { header_field "$1" 8 4; }
+features () { header_field "$1" 16 8; }
 
 # An L2 table covers 2M with 4K clusters, 32M with 16K clusters.
 for cs in 4096 16384; do
