@@ -500,3 +500,48 @@ check_image (struct qed_image *img, bool repair,
   return r;
 }
 
+/* Count the table entries that point at or past the end of the file.
+ * They read as errors now, but once the file grows over the place
+ * they point at they would be valid, and share their cluster with the
+ * range the new cluster was given (within one open new_links knows
+ * them; after a reopen nothing would).  Reads every L2 table, in
+ * chunks, without the cache.
+ */
+int
+count_entries_past_end (struct qed_image *img, uint64_t *count)
+{
+  uint64_t end = img->open_end, nelems = img->table_bytes / 8;
+  CLEANUP_FREE uint64_t *entries = malloc (CHUNK_ENTRIES * 8);
+  struct checker ck = { .img = img };
+  int r;
+
+  token_assert_held (img);
+  if (entries == NULL)
+    return -ENOMEM;
+  *count = 0;
+  for (uint64_t l1i = 0; l1i < img->l1_entries; l1i++) {
+    uint64_t table = img->l1[l1i];
+
+    if (table == 0)
+      continue;
+    if (table >= end || end - table < img->table_bytes) {
+      ++*count;
+      continue;
+    }
+    if (l1_entry_is_bad (img, l1i))
+      continue;                 /* invalid for good: not walked */
+    for (uint64_t i = 0; i < nelems; i += CHUNK_ENTRIES) {
+      size_t n = nelems - i < CHUNK_ENTRIES ? nelems - i : CHUNK_ENTRIES;
+
+      if ((r = read_chunk (&ck, table + i * 8, entries, n)) < 0) {
+        qed_error ("%s: reading L2 table at 0x%" PRIx64 ": %s",
+                   image_name (img), table, strerror (-r));
+        return r;
+      }
+      for (size_t j = 0; j < n; j++)
+        if (entries[j] > QED_ENTRY_ZERO && entries[j] >= end)
+          ++*count;
+    }
+  }
+  return 0;
+}

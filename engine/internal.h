@@ -422,5 +422,6 @@ int image_open (struct qed_file *file, const char *path,
 /* check.c: called with the gate closed and the commit token held. */
 int check_image (struct qed_image *img, bool repair,
                  struct qed_check_result *result);
+int count_entries_past_end (struct qed_image *img, uint64_t *count);
 
 #endif /* QED_INTERNAL_H */

@@ -279,6 +279,7 @@ static int
 enable_writes (struct qed_image *img)
 {
   struct qed_header *h = &img->header;
+  uint64_t past_end = 0;
   int r;
 
   if (img->writable)
@@ -303,7 +304,18 @@ enable_writes (struct qed_image *img)
     if (r < 0)
       goto fail;
   }
-  if ((h->features & QED_F_NEED_CHECK) || img->always_check) {
+  /* Entries pointing past the end would become valid as the file
+   * grows (see count_entries_past_end): repair before it does.
+   */
+  if (!(h->features & QED_F_NEED_CHECK) && !img->always_check) {
+    if ((r = count_entries_past_end (img, &past_end)) < 0)
+      goto fail;
+    if (past_end > 0)
+      qed_notice ("%s: %" PRIu64 " table %s past the end of the file;"
+                  " repairing the image before it grows", image_name (img),
+                  past_end, past_end == 1 ? "entry points" : "entries point");
+  }
+  if ((h->features & QED_F_NEED_CHECK) || img->always_check || past_end) {
     struct qed_check_result res;
 
     r = check_image (img, true, &res);

@@ -17,7 +17,12 @@
 #       served; everything reads as "data" says;
 #   {"name": N, "expect": "shared", "check": "corruptions 1", ...}
 #       served and reads as "data" says, and the engine's check
-#       reports the corruption.
+#       reports the corruption;
+#   {"name": N, "expect": "past-end", "eio": [[OFF, LEN], ...], ...}
+#       entries point past the end of the file: served read-only,
+#       reading each range fails with EIO; served writable, the image
+#       is repaired first (the file would grow over where they point),
+#       so the ranges read as zeros and the image is clean afterwards.
 #
 # "size" is the virtual size and "data" lists [OFF, LEN, BYTE]: those
 # ranges read as BYTE repeated, all others as zeros.  "write" asks the
@@ -223,17 +228,19 @@ img.buf[64:72] = b"base.raw"
 refuse("backing-not-allowed", "backing files are disabled", img)
 
 # ---------------------------------------------------------------------
-# Served; the bad entries fail with EIO, and only them.
+# Served; the bad entries fail with EIO, and only them (those pointing
+# past the end of the file until the first writable connection repairs
+# the image).
 
 VC1 = [C, C]                    # virtual cluster 1 (L1 entry 0)
 
 img = Image()
 img.l2(2 * C, 1, 100 * C)
-served("l2-entry-beyond-file", "eio", img, eio=[VC1])
+served("l2-entry-beyond-file", "past-end", img, eio=[VC1])
 
 img = Image()
 img.l2(2 * C, 1, 7 * C)         # the cluster right at the end of the file
-served("l2-entry-at-end-of-file", "eio", img, eio=[VC1])
+served("l2-entry-at-end-of-file", "past-end", img, eio=[VC1])
 
 # Beyond the end of the file at open, where the file grows to later:
 # writes elsewhere first allocate clusters up to and past it (an L2
@@ -242,7 +249,7 @@ served("l2-entry-at-end-of-file", "eio", img, eio=[VC1])
 # (or overwrite) the cluster allocated to another virtual cluster.
 img = Image()
 img.l2(2 * C, 1, 10 * C)
-served("l2-entry-beyond-file-grown-into", "eio", img, eio=[VC1],
+served("l2-entry-beyond-file-grown-into", "past-end", img, eio=[VC1],
        grow=[[2 * MiB + 5 * C, C, 0xa1], [6 * MiB, C, 0xa2]])
 
 img = Image()
@@ -263,7 +270,7 @@ served("l2-entry-at-other-table", "eio", img, eio=[VC1])
 
 img = Image()
 img.l2(2 * C, 1, 0xfffffffffffff000)
-served("l2-entry-huge", "eio", img, eio=[VC1])
+served("l2-entry-huge", "past-end", img, eio=[VC1])
 
 # The header area is 2 clusters: an entry pointing into it.
 img = Image(base=False, header_size=2, l1_table_offset=2 * C)
@@ -275,12 +282,12 @@ served("l2-entry-in-header-area", "eio", img, eio=[VC1])
 # The last cluster of the file is only partly there.
 img = Image()
 img.l2(2 * C, 1, 7 * C)
-served("l2-entry-at-partial-cluster", "eio", img, eio=[VC1],
+served("l2-entry-at-partial-cluster", "past-end", img, eio=[VC1],
        data=img.bytes() + b"\x55" * 1000)
 
 img = Image()
 img.l1(1, 100 * C, grow=False)
-served("l1-entry-beyond-file", "eio", img, eio=[[2 * MiB, 2 * MiB]])
+served("l1-entry-beyond-file", "past-end", img, eio=[[2 * MiB, 2 * MiB]])
 
 img = Image()
 img.l1(1, 3 * C + 8)
@@ -292,7 +299,7 @@ served("l1-entry-at-l1-table", "eio", img, eio=[[2 * MiB, 2 * MiB]])
 
 img = Image()
 img.l1(3, 0xfffffffffffff000, grow=False)
-served("l1-entry-huge", "eio", img, eio=[[6 * MiB, 2 * MiB]])
+served("l1-entry-huge", "past-end", img, eio=[[6 * MiB, 2 * MiB]])
 
 # ---------------------------------------------------------------------
 # Served and read correctly.

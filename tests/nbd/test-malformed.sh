@@ -7,13 +7,16 @@
 # served with EIO on exactly the ranges whose table entries are bad
 # (reads, writes and zeros there fail, nothing else does, and the file
 # is not changed beyond what the test wrote elsewhere), or served and
-# read correctly.
+# read correctly, or (entries pointing past the end of the file, which
+# would alias new clusters once the file grows) EIO read-only and
+# repaired by the first writable connection.
 
 source ./functions.sh
 set -e -u -x
 
 requires nbdsh --version
 requires /usr/bin/python3 --version
+requires jq --version
 
 qedcheck=$abs_builddir/qedcheck
 cd "$tmpdir"
@@ -145,6 +148,45 @@ print(json.dumps([c for c in json.load(open("cases/cases.json"))
             failures=$((failures + 1))
         fi
         ;;
+    past-end)
+        # Read-only: the ranges fail with EIO, and the file is kept.
+        cp "$img" "$name.before"
+        start_nbdkit ro -r "$plugin" "${args[@]}"
+        if ! CASE=$case nbdsh -u "$uri_ro" -c '
+import errno, json, os
+for o, l in json.loads(os.environ["CASE"])["eio"]:
+    try:
+        h.pread(l, o)
+    except nbd.Error as e:
+        assert e.errnum == errno.EIO, e
+    else:
+        raise AssertionError("pread(%d, %d) did not fail" % (l, o))'
+        then
+            echo "$0: $name: read-only: the bad ranges did not fail"
+            failures=$((failures + 1))
+        fi
+        stop_nbdkit ro
+        if ! cmp "$name.before" "$img"; then
+            echo "$0: $name: read-only: the file changed"
+            failures=$((failures + 1))
+        fi
+        # Writable: repaired at the first writable connection, before
+        # anything grows the file; the ranges read as zeros.
+        start_nbdkit srv "$plugin" "${args[@]}"
+        if ! CASE=$(jq -c '.eio = []' <<< "$case") \
+             nbdsh --base-allocation -u "$uri_srv" \
+                   -c 'exec(open("verify.py").read())'
+        then
+            echo "$0: $name: served wrongly after the repair"
+            failures=$((failures + 1))
+        fi
+        stop_nbdkit srv
+        if ! grep -q "past the end of the file; repairing the image" \
+             "$tmpdir/srv.log" || ! "$qedcheck" "$img"; then
+            echo "$0: $name: not repaired"
+            failures=$((failures + 1))
+        fi
+        ;;
     eio|ok|shared)
         cp "$img" "$name.before"
         start_nbdkit srv "$plugin" "${args[@]}"
@@ -179,7 +221,11 @@ print(json.dumps([c for c in json.load(open("cases/cases.json"))
             "$qedcheck" "$img" || {
                 echo "$0: $name: not clean after serving"
                 failures=$((failures + 1)); }
-            test "$(( $(od -An -tu1 -j16 -N1 "$img") & 2 ))" = 0
+            features=$(header_field "$img" 16 8)
+            if (( features & 2 )); then
+                echo "$0: $name: NEED_CHECK still set after serving"
+                failures=$((failures + 1))
+            fi
             ;;
         esac
         ;;

@@ -691,6 +691,68 @@ test_zero_unallocated (struct memfile *mf, struct qed_image *img)
   test_model_check (model, SIZE, img);
 }
 
+/* An entry that points at the cluster starting at the end of the file
+ * (or at a partial last cluster) reads as an error.  Once the file had
+ * grown over that place, after a clean close and reopen, the entry
+ * would be valid and share the cluster with the range that was given
+ * it.  The writable open repairs such an entry before the file grows.
+ */
+static void
+test_entry_past_end (bool partial)
+{
+  struct qed_create_options copts = {
+    .size = SIZE, .cluster_size = CLUSTER, .table_size = TABLE,
+  };
+  struct memfile *mf = memfile_new (NULL, 0);
+  struct qed_image *img;
+  struct qed_check_result res;
+  struct geom g;
+  unsigned char a[CLUSTER], b[CLUSTER];
+  uint64_t end, e, table;
+  size_t size;
+
+  CHECK_OK (qed_create_file (memfile_file (mf), &copts));
+  img = test_open_image (mf);
+  memset (a, 'a', sizeof a);
+  CHECK_OK (qed_image_write (img, a, sizeof a, 0, 0));
+  CHECK_OK (qed_image_close (img));
+
+  /* Point virtual cluster 5 at the end of the file, or at a partial
+   * last cluster; NEED_CHECK stays clear.
+   */
+  file_geom (mf, &g);
+  table = l1_entry (mf, 0);
+  memfile_data (mf, &size);
+  end = size;
+  if (partial) {
+    CHECK_OK (memfile_file (mf)->ops->truncate (memfile_file (mf),
+                                                end + 100));
+  }
+  e = htole64 (end);
+  CHECK_OK (memfile_file (mf)->ops->pwrite (memfile_file (mf), &e, 8,
+                                            table + 5 * 8));
+
+  test_clear_log ();
+  img = test_open_image (mf);
+  CHECK (test_log_contains ("1 table entry points past the end of the file;"
+                            " repairing"));
+  /* Now (and after any reopen) the range is a hole, not an alias. */
+  memset (b, 'b', sizeof b);
+  CHECK_OK (qed_image_write (img, b, sizeof b, 9 * CLUSTER, 0));
+  CHECK_OK (qed_image_close (img));
+  img = test_open_image (mf);
+  CHECK_OK (qed_image_read (img, a, sizeof a, 5 * CLUSTER));
+  CHECK (memcmp (a, b, sizeof a) != 0);
+  memset (a, 'c', sizeof a);
+  CHECK_OK (qed_image_write (img, a, sizeof a, 5 * CLUSTER, 0));
+  CHECK_OK (qed_image_read (img, b, sizeof b, 9 * CLUSTER));
+  CHECK (b[0] == 'b' && b[CLUSTER - 1] == 'b');
+  CHECK_OK (qed_image_check (img, false, &res));
+  CHECK (res.corruptions == 0 && res.check_errors == 0);
+  CHECK_OK (qed_image_close (img));
+  memfile_free (mf);
+}
+
 int
 main (void)
 {
@@ -712,6 +774,8 @@ main (void)
   test_races (mf, img);
   test_runs (&mf, &img);
   test_zero_unallocated (mf, img);
+  test_entry_past_end (false);
+  test_entry_past_end (true);
 
   /* Consistent, and the same after closing and reopening. */
   CHECK_OK (qed_image_check (img, false, &res));
