@@ -11,14 +11,17 @@
  * Repair clears invalid entries, gives the second referrer of a shared
  * cluster a copy of its own (so that every entry reads what it read
  * before), truncates leaked clusters at the end of the file and clears
- * NEED_CHECK.  It settles the tables first and then walks their
- * entries, so that a copied table is walked like any other and no
- * table is copied after entries in it pointed at copies.  It copies at
+ * NEED_CHECK.  It settles the tables first, in every window, and then
+ * walks their entries, so that a copied table is walked like any other
+ * and no table is copied after entries in it pointed at copies (a
+ * table shared from outside the first window would otherwise be walked
+ * twice as one, and both its referrers end up with the same copies of
+ * its clusters).  It copies at
  * most as many bytes as the file had (a hostile image can point
  * thousands of entries at one table), then clears the remaining
  * entries that share clusters.
  *
- * The bitmap covers at most CHECK_WINDOW clusters.  A larger file is
+ * The bitmap covers at most check_window clusters.  A larger file is
  * checked in several passes over the tables, one per window up to the
  * last referenced cluster (past it everything is a leak), so memory
  * stays bounded whatever the file size; a file whose references spread
@@ -41,6 +44,15 @@
 
 #define CHECK_WINDOW (UINT64_C (1) << 28)      /* clusters: a 32 MiB bitmap */
 #define CHECK_MAX_PASSES 64
+
+/* Tests make it small (qed_set_check_window). */
+static uint64_t check_window = CHECK_WINDOW;
+
+void
+qed_set_check_window (uint64_t clusters)
+{
+  check_window = clusters ? clusters : CHECK_WINDOW;
+}
 #define CHUNK_ENTRIES 8192u                     /* entries read at once */
 
 /* What a walk over the L1 table does with each entry. */
@@ -55,6 +67,8 @@ struct checker {
   struct qed_check_result *res;
   bool repair;
   bool first_pass;
+  bool settle_only;             /* repair: a pass settling the tables */
+  bool tables_settled;          /* ... which every window has had */
   enum phase phase;
   uint64_t file_size;
   uint64_t file_end;            /* whole clusters of the file */
@@ -101,7 +115,8 @@ offset_valid (const struct checker *ck, uint64_t host, uint64_t len,
               bool table)
 {
   const struct qed_image *img = ck->img;
-  uint64_t end = ck->first_pass && !(table && ck->phase == WALK_ENTRIES)
+  uint64_t end = ck->first_pass &&
+    !(table && (ck->phase == WALK_ENTRIES || ck->tables_settled))
     ? ck->file_end : ck->alloc_end;
 
   return host % img->cluster_size == 0 && host >= img->header_bytes &&
@@ -345,7 +360,7 @@ check_pass (struct checker *ck)
   mark (ck, img->header.l1_table_offset, img->header.table_size);
   if (ck->repair) {
     ck->phase = SETTLE_TABLES;
-    if ((r = walk_l1 (ck)) < 0)
+    if ((r = walk_l1 (ck)) < 0 || ck->settle_only)
       return r;
     ck->phase = WALK_ENTRIES;
   }
@@ -363,6 +378,40 @@ check_pass (struct checker *ck)
         if (c + i >= ck->win_end || c + i < img->header.header_size)
           word &= ~(1ull << i);
     ck->res->leaks += __builtin_popcountll (word);
+  }
+  return 0;
+}
+
+/* The first pass over window 0, which also finds the last referenced
+ * cluster, then one pass per window up to it (windows after it would
+ * only count leaks, one at a time).
+ */
+static int
+all_passes (struct checker *ck, uint64_t nclusters)
+{
+  uint64_t last;
+  int r;
+
+  ck->first_pass = true;
+  ck->win_start = 0;
+  ck->win_end = nclusters < check_window ? nclusters : check_window;
+  if ((r = check_pass (ck)) < 0)
+    return r;
+  ck->first_pass = false;
+  last = ck->used_end >> ck->img->cluster_bits;
+  if (last > ck->win_end &&
+      (last - ck->win_end) / check_window >= CHECK_MAX_PASSES) {
+    qed_error ("%s: check: the tables reference clusters spread over %"
+               PRIu64 " bytes of file, too far apart to check with"
+               " bounded memory", image_name (ck->img), ck->used_end);
+    return -EFBIG;
+  }
+  for (ck->win_start = ck->win_end; ck->win_start < last;
+       ck->win_start = ck->win_end) {
+    ck->win_end = last - ck->win_start < check_window ? last
+      : ck->win_start + check_window;
+    if ((r = check_pass (ck)) < 0)
+      return r;
   }
   return 0;
 }
@@ -434,7 +483,7 @@ check_image (struct qed_image *img, bool repair,
              struct qed_check_result *res)
 {
   struct checker ck = { .img = img, .res = res, .repair = repair };
-  uint64_t nclusters, last;
+  uint64_t nclusters;
   int r;
 
   token_assert_held (img);
@@ -449,35 +498,20 @@ check_image (struct qed_image *img, bool repair,
   res->total_clusters = (img->header.image_size + img->cluster_size - 1)
     >> img->cluster_bits;
 
-  ck.bitmap = malloc ((nclusters < CHECK_WINDOW ? nclusters : CHECK_WINDOW)
+  ck.bitmap = malloc ((nclusters < check_window ? nclusters : check_window)
                       / 64 * 8 + 8);
   if (ck.bitmap == NULL)
     return -ENOMEM;
 
-  /* The first pass also finds the last referenced cluster: windows
-   * after it would only count leaks, one at a time.
-   */
-  ck.first_pass = true;
-  ck.win_end = nclusters < CHECK_WINDOW ? nclusters : CHECK_WINDOW;
-  if ((r = check_pass (&ck)) < 0)
-    goto out;
-  ck.first_pass = false;
-  last = ck.used_end >> img->cluster_bits;
-  if (last > ck.win_end &&
-      (last - ck.win_end) / CHECK_WINDOW >= CHECK_MAX_PASSES) {
-    qed_error ("%s: check: the tables reference clusters spread over %"
-               PRIu64 " bytes of file, too far apart to check with"
-               " bounded memory", image_name (img), ck.used_end);
-    r = -EFBIG;
-    goto out;
-  }
-  for (ck.win_start = ck.win_end; ck.win_start < last;
-       ck.win_start = ck.win_end) {
-    ck.win_end = last - ck.win_start < CHECK_WINDOW ? last
-      : ck.win_start + CHECK_WINDOW;
-    if ((r = check_pass (&ck)) < 0)
+  if (repair) {
+    ck.settle_only = true;
+    if ((r = all_passes (&ck, nclusters)) < 0)
       goto out;
+    ck.settle_only = false;
+    ck.tables_settled = true;
   }
+  if ((r = all_passes (&ck, nclusters)) < 0)
+    goto out;
   if (nclusters > ck.win_end)
     res->leaks += nclusters - ck.win_end;
 

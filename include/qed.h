@@ -175,6 +175,12 @@ struct qed_check_result {
 int qed_image_check (struct qed_image *img, bool repair,
                      struct qed_check_result *result);
 
+/* For tests: the check marks clusters in windows of this many (a
+ * multiple of 64; 0: the default, 2^28), so that images larger than a
+ * window can be small.
+ */
+void qed_set_check_window (uint64_t clusters);
+
 /* Creation, laid out as qemu-img create -f qed lays it out. */
 struct qed_create_options {
   uint64_t size;                  /* rounded up to 512 bytes */

@@ -1,0 +1,206 @@
+/* nbdkit-qed tests: check and repair of files larger than the check's
+ * window.
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * The check marks clusters in windows (2^28 clusters by default); a
+ * larger file takes several passes.  The window is made 64 clusters
+ * here, so that shared tables and shared clusters in different windows
+ * fit in small images.  After a repair every entry reads what it read
+ * before, and no two entries share a cluster: a write through one
+ * range never shows in another.
+ */
+
+#include <config.h>
+
+#include <endian.h>
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "memfile.h"
+#include "qed-format.h"
+#include "test.h"
+
+#define CLUSTER 4096u
+#define NELEMS (CLUSTER / 8)                    /* table_size 1 */
+#define L1_SPAN ((uint64_t) NELEMS * CLUSTER)   /* 2 MiB */
+#define SIZE (4 * L1_SPAN)
+#define WINDOW 64u                              /* clusters */
+
+static void
+put64 (struct memfile *mf, uint64_t offset, uint64_t v)
+{
+  uint64_t le = htole64 (v);
+
+  CHECK_OK (memfile_file (mf)->ops->pwrite (memfile_file (mf), &le, 8,
+                                            offset));
+}
+
+static void
+fill_cluster (struct memfile *mf, uint64_t offset, unsigned char byte)
+{
+  unsigned char buf[CLUSTER];
+
+  memset (buf, byte, sizeof buf);
+  CHECK_OK (memfile_file (mf)->ops->pwrite (memfile_file (mf), buf,
+                                            sizeof buf, offset));
+}
+
+/* An image of nclusters clusters (header, L1 at cluster 1), with
+ * NEED_CHECK set, so that a writable open repairs it.
+ */
+static struct memfile *
+new_image (uint64_t nclusters)
+{
+  struct memfile *mf = memfile_new (NULL, 0);
+  struct qed_create_options copts = {
+    .size = SIZE, .cluster_size = CLUSTER, .table_size = 1,
+  };
+  unsigned char hdr[QED_HEADER_STRUCT_SIZE];
+  struct qed_header h;
+  size_t size;
+
+  CHECK_OK (qed_create_file (memfile_file (mf), &copts));
+  CHECK_OK (memfile_file (mf)->ops->truncate (memfile_file (mf),
+                                              nclusters * CLUSTER));
+  memcpy (hdr, memfile_data (mf, &size), sizeof hdr);
+  qed_header_decode (hdr, &h);
+  h.features |= QED_F_NEED_CHECK;
+  qed_header_encode (&h, hdr);
+  CHECK_OK (memfile_file (mf)->ops->pwrite (memfile_file (mf), hdr,
+                                            sizeof hdr, 0));
+  return mf;
+}
+
+/* Write through one virtual offset, and no other may change. */
+static void
+check_no_alias (struct qed_image *img, const uint64_t *offsets, size_t n)
+{
+  unsigned char before[8][CLUSTER], buf[CLUSTER];
+
+  CHECK (n <= 8);
+  for (size_t i = 0; i < n; i++)
+    CHECK_OK (qed_image_read (img, before[i], CLUSTER, offsets[i]));
+  for (size_t i = 0; i < n; i++) {
+    memset (buf, 0xe0 + i, sizeof buf);
+    CHECK_OK (qed_image_write (img, buf, sizeof buf, offsets[i], 0));
+    memcpy (before[i], buf, sizeof buf);
+    for (size_t j = 0; j < n; j++) {
+      CHECK_OK (qed_image_read (img, buf, CLUSTER, offsets[j]));
+      if (memcmp (buf, before[j], CLUSTER) != 0) {
+        fprintf (stderr, "writing at %" PRIu64 " changed %" PRIu64 "\n",
+                 offsets[i], offsets[j]);
+        exit (EXIT_FAILURE);
+      }
+    }
+  }
+}
+
+static void
+check_clean (struct memfile *mf)
+{
+  struct qed_image *img = test_open_image (mf);
+  struct qed_check_result res;
+
+  /* (The hand-made images leave clusters unused: leaks are fine.) */
+  CHECK_OK (qed_image_check (img, false, &res));
+  if (res.corruptions || res.check_errors) {
+    fprintf (stderr, "after repair: %" PRIu64 " corruptions, %" PRIu64
+             " check errors\n", res.corruptions, res.check_errors);
+    exit (EXIT_FAILURE);
+  }
+  CHECK_OK (qed_image_close (img));
+}
+
+/* L1 entries 0 and 1 point at one L2 table beyond the first window;
+ * its entry 0 points at a data cluster inside it.  Both ranges must
+ * keep reading the data, each from a cluster of its own.
+ */
+static void
+test_shared_table_beyond_first_window (void)
+{
+  struct memfile *mf = new_image (2 * WINDOW);
+  uint64_t table = (uint64_t) (WINDOW + 10) * CLUSTER;
+  uint64_t data = 5 * CLUSTER;
+  uint64_t offsets[] = { 0, L1_SPAN };
+  unsigned char buf[CLUSTER];
+  struct qed_image *img;
+
+  put64 (mf, CLUSTER, table);
+  put64 (mf, CLUSTER + 8, table);
+  put64 (mf, table, data);
+  fill_cluster (mf, data, 0x5d);
+
+  img = test_open_image (mf);           /* repairs */
+  for (size_t i = 0; i < 2; i++) {
+    CHECK_OK (qed_image_read (img, buf, sizeof buf, offsets[i]));
+    CHECK (buf[0] == 0x5d && buf[CLUSTER - 1] == 0x5d);
+  }
+  check_no_alias (img, offsets, 2);
+  CHECK_OK (qed_image_close (img));
+  check_clean (mf);
+  memfile_free (mf);
+}
+
+/* Tables in two windows share a data cluster in a third; two entries
+ * of one table share a cluster in the first window.
+ */
+static void
+test_shared_clusters_across_windows (void)
+{
+  struct memfile *mf = new_image (3 * WINDOW);
+  uint64_t t0 = 2 * CLUSTER, t1 = (uint64_t) (WINDOW + 3) * CLUSTER;
+  uint64_t far = (uint64_t) (2 * WINDOW + 7) * CLUSTER;
+  uint64_t near = 9 * CLUSTER;
+  uint64_t offsets[] = {
+    0, L1_SPAN + 4 * CLUSTER, 2 * CLUSTER, 3 * CLUSTER,
+  };
+  struct qed_image *img;
+
+  put64 (mf, CLUSTER, t0);
+  put64 (mf, CLUSTER + 8, t1);
+  put64 (mf, t0, far);                  /* virtual cluster 0 */
+  put64 (mf, t1 + 4 * 8, far);          /* L1_SPAN + 4 clusters */
+  put64 (mf, t0 + 2 * 8, near);         /* clusters 2 and 3 */
+  put64 (mf, t0 + 3 * 8, near);
+  fill_cluster (mf, far, 0xfa);
+  fill_cluster (mf, near, 0x9e);
+
+  img = test_open_image (mf);
+  check_no_alias (img, offsets, 4);
+  CHECK_OK (qed_image_close (img));
+  check_clean (mf);
+  memfile_free (mf);
+}
+
+/* Entries past the end, in a file of several windows: cleared. */
+static void
+test_past_end_across_windows (void)
+{
+  struct memfile *mf = new_image (2 * WINDOW + 5);
+  uint64_t table = (uint64_t) (WINDOW + 1) * CLUSTER;
+  unsigned char buf[CLUSTER];
+  struct qed_image *img;
+
+  put64 (mf, CLUSTER, table);
+  put64 (mf, table, (uint64_t) (2 * WINDOW + 5) * CLUSTER);  /* at EOF */
+  put64 (mf, table + 8, (uint64_t) (3 * WINDOW) * CLUSTER);  /* beyond */
+  img = test_open_image (mf);
+  CHECK_OK (qed_image_read (img, buf, sizeof buf, 0));
+  CHECK (buf[0] == 0 && buf[CLUSTER - 1] == 0);
+  CHECK_OK (qed_image_close (img));
+  check_clean (mf);
+  memfile_free (mf);
+}
+
+int
+main (void)
+{
+  test_capture_log ();
+  qed_set_check_window (WINDOW);
+  test_shared_table_beyond_first_window ();
+  test_shared_clusters_across_windows ();
+  test_past_end_across_windows ();
+  return 0;
+}
