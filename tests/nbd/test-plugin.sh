@@ -32,6 +32,30 @@ must_fail nbdkit "$plugin" "$tmpdir/disk.qed" check=sometimes --run true \
     2> "$tmpdir/err"
 grep "check must be auto or always" "$tmpdir/err"
 
+# One image per server: a second file name is refused, not served
+# instead of the first.
+cp "$tmpdir/disk.qed" "$tmpdir/other.qed"
+must_refuse_start "only one image can be served" \
+    "$tmpdir/disk.qed" "$tmpdir/other.qed"
+must_refuse_start "only one image can be served" \
+    file="$tmpdir/disk.qed" file="$tmpdir/other.qed"
+
+# A repair is a notice, not an error: NEED_CHECK set and a leaked
+# cluster at the end, repaired by the first writable connection.
+cp "$tmpdir/disk.qed" "$tmpdir/dirty.qed"
+printf '\x02' | dd of="$tmpdir/dirty.qed" bs=1 seek=16 conv=notrunc
+truncate -s +16K "$tmpdir/dirty.qed"
+start_nbdkit dirty "$plugin" "$tmpdir/dirty.qed"
+nbdinfo --size "$uri_dirty"
+stop_nbdkit dirty
+grep -F "qed: notice: $tmpdir/dirty.qed: repaired the image" \
+    "$tmpdir/dirty.log"
+if grep -F "error:" "$tmpdir/dirty.log"; then
+    echo "$0: the repair was logged as an error"
+    exit 1
+fi
+test "$(header_field "$tmpdir/dirty.qed" 16 8)" = 0
+
 # What a client sees: size, block sizes (preferred = cluster size),
 # multi-conn, and every command.
 start_nbdkit srv "$plugin" "$tmpdir/disk.qed"
