@@ -328,17 +328,13 @@ check_only (struct qed_image *img, uint64_t offset, const unsigned char *data,
 static void
 test_partial_tail (void)
 {
-  struct qed_create_options copts = {
-    .size = SIZE, .cluster_size = CLUSTER, .table_size = TABLE,
-  };
-  struct memfile *mf = memfile_new (NULL, 0);
+  struct memfile *mf = test_new_image (SIZE, CLUSTER, TABLE);
   struct qed_image *img;
   unsigned char *garbage, data[100];
   size_t size;
   const unsigned char *p;
   struct qed_check_result res;
 
-  CHECK_OK (qed_create_file (memfile_file (mf), &copts));
   img = test_open_image (mf);
   test_fill_pattern (data, sizeof data, 7);
   CHECK_OK (qed_image_write (img, data, sizeof data, 0, 0));
@@ -502,16 +498,12 @@ static void
 test_disk_end (void)
 {
   const uint64_t size = 10 * CLUSTER + 512;
-  struct qed_create_options copts = {
-    .size = size, .cluster_size = CLUSTER, .table_size = TABLE,
-  };
-  struct memfile *mf = memfile_new (NULL, 0);
+  struct memfile *mf = test_new_image (size, CLUSTER, TABLE);
   struct qed_image *img;
   struct qed_check_result res;
   unsigned char data[CLUSTER], buf[2 * CLUSTER];
   uint64_t end;
 
-  CHECK_OK (qed_create_file (memfile_file (mf), &copts));
   img = test_open_image (mf);
   CHECK (qed_image_size (img) == size);
   test_fill_pattern (data, sizeof data, 31);
@@ -541,17 +533,13 @@ static void
 test_race_new_tables (void)
 {
   const uint64_t c = 4096, size = 32 * 1024 * 1024, span = 512 * c;
-  struct qed_create_options copts = {
-    .size = size, .cluster_size = c, .table_size = 1,
-  };
-  struct memfile *mf = memfile_new (NULL, 0);
+  struct memfile *mf = test_new_image (size, c, 1);
   struct qed_image *img;
   struct qed_check_result res;
   unsigned char *saved = model, buf[4096];
 
   model = calloc (1, size);
   CHECK (model != NULL);
-  CHECK_OK (qed_create_file (memfile_file (mf), &copts));
   img = test_open_image (mf);
   for (unsigned round = 0; round < size / span; round++) {
     uint64_t end = file_size (mf);
@@ -700,10 +688,7 @@ test_zero_unallocated (struct memfile *mf, struct qed_image *img)
 static void
 test_entry_past_end (bool partial)
 {
-  struct qed_create_options copts = {
-    .size = SIZE, .cluster_size = CLUSTER, .table_size = TABLE,
-  };
-  struct memfile *mf = memfile_new (NULL, 0);
+  struct memfile *mf = test_new_image (SIZE, CLUSTER, TABLE);
   struct qed_image *img;
   struct qed_check_result res;
   struct geom g;
@@ -711,7 +696,6 @@ test_entry_past_end (bool partial)
   uint64_t end, e, table;
   size_t size;
 
-  CHECK_OK (qed_create_file (memfile_file (mf), &copts));
   img = test_open_image (mf);
   memset (a, 'a', sizeof a);
   CHECK_OK (qed_image_write (img, a, sizeof a, 0, 0));
@@ -756,17 +740,13 @@ test_entry_past_end (bool partial)
 int
 main (void)
 {
-  struct qed_create_options copts = {
-    .size = SIZE, .cluster_size = CLUSTER, .table_size = TABLE,
-  };
-  struct memfile *mf = memfile_new (NULL, 0);
+  struct memfile *mf = test_new_image (SIZE, CLUSTER, TABLE);
   struct qed_image *img;
   struct qed_check_result res;
 
   test_capture_log ();
   model = calloc (1, SIZE);
   CHECK (model != NULL);
-  CHECK_OK (qed_create_file (memfile_file (mf), &copts));
   img = test_open_image (mf);
 
   test_append_order (mf, img);

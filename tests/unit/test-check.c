@@ -19,7 +19,6 @@
 #include <string.h>
 
 #include "memfile.h"
-#include "qed-format.h"
 #include "test.h"
 
 #define CLUSTER 4096u
@@ -53,23 +52,11 @@ fill_cluster (struct memfile *mf, uint64_t offset, unsigned char byte)
 static struct memfile *
 new_image (uint64_t nclusters)
 {
-  struct memfile *mf = memfile_new (NULL, 0);
-  struct qed_create_options copts = {
-    .size = SIZE, .cluster_size = CLUSTER, .table_size = 1,
-  };
-  unsigned char hdr[QED_HEADER_STRUCT_SIZE];
-  struct qed_header h;
-  size_t size;
+  struct memfile *mf = test_new_image (SIZE, CLUSTER, 1);
 
-  CHECK_OK (qed_create_file (memfile_file (mf), &copts));
   CHECK_OK (memfile_file (mf)->ops->truncate (memfile_file (mf),
                                               nclusters * CLUSTER));
-  memcpy (hdr, memfile_data (mf, &size), sizeof hdr);
-  qed_header_decode (hdr, &h);
-  h.features |= QED_F_NEED_CHECK;
-  qed_header_encode (&h, hdr);
-  CHECK_OK (memfile_file (mf)->ops->pwrite (memfile_file (mf), hdr,
-                                            sizeof hdr, 0));
+  test_set_need_check (mf);
   return mf;
 }
 

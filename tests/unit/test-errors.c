@@ -51,14 +51,10 @@ check_consistent_at (int line, struct qed_image *img)
 static void
 make_base (void)
 {
-  struct qed_create_options copts = {
-    .size = SIZE, .cluster_size = CLUSTER, .table_size = TABLE,
-  };
-  struct memfile *mf = memfile_new (NULL, 0);
+  struct memfile *mf = test_new_image (SIZE, CLUSTER, TABLE);
   struct qed_image *img;
   const unsigned char *p;
 
-  CHECK_OK (qed_create_file (memfile_file (mf), &copts));
   img = test_open_image (mf);
   test_model_write (model, img, 0, 3 * CLUSTER, 1);
   test_model_write (model, img, 10 * CLUSTER + 500, 1000, 2);

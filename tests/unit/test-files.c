@@ -23,23 +23,11 @@
 
 static unsigned char model[SIZE];
 
-static struct memfile *
-new_image (void)
-{
-  struct memfile *mf = memfile_new (NULL, 0);
-  struct qed_create_options copts = {
-    .size = SIZE, .cluster_size = CLUSTER, .table_size = 1,
-  };
-
-  CHECK_OK (qed_create_file (memfile_file (mf), &copts));
-  return mf;
-}
-
 /* Without truncate: what is allocated stays writable; nothing new. */
 static void
 test_cannot_grow (void)
 {
-  struct memfile *mf = new_image ();
+  struct memfile *mf = test_new_image (SIZE, CLUSTER, 1);
   struct qed_image *img = test_open_image (mf);
   unsigned char buf[CLUSTER];
   size_t size_before, size_after;
@@ -82,7 +70,7 @@ test_cannot_grow (void)
 static void
 test_cannot_punch (void)
 {
-  struct memfile *mf = new_image ();
+  struct memfile *mf = test_new_image (SIZE, CLUSTER, 1);
   struct qed_image *img;
 
   memfile_without (mf, MF_PUNCH);

@@ -19,7 +19,6 @@
 #include <unistd.h>
 
 #include "memfile.h"
-#include "qed-format.h"
 #include "test.h"
 
 #define CLUSTER 4096u
@@ -98,13 +97,9 @@ check_waiting (struct job *j)
 static struct memfile *
 new_image (void)
 {
-  struct memfile *mf = memfile_new (NULL, 0);
-  struct qed_create_options copts = {
-    .size = SIZE, .cluster_size = CLUSTER, .table_size = 1,
-  };
+  struct memfile *mf = test_new_image (SIZE, CLUSTER, 1);
   struct qed_image *img;
 
-  CHECK_OK (qed_create_file (memfile_file (mf), &copts));
   memset (model, 0, sizeof model);
   img = test_open_image (mf);
   test_model_write (model, img, 0, 16 * CLUSTER, 1);
@@ -194,17 +189,9 @@ test_enable_writes_during_reads (void)
   struct qed_open_options opts = { .access = QED_WRITE_ON_DEMAND };
   struct qed_image *img;
   struct job enable, reader;
-  struct qed_header h;
-  unsigned char hdr[QED_HEADER_STRUCT_SIZE];
-  size_t size;
 
-  /* Set NEED_CHECK, so that enabling writes checks and repairs. */
-  memcpy (hdr, memfile_data (mf, &size), sizeof hdr);
-  qed_header_decode (hdr, &h);
-  h.features |= QED_F_NEED_CHECK;
-  qed_header_encode (&h, hdr);
-  CHECK_OK (memfile_file (mf)->ops->pwrite (memfile_file (mf), hdr,
-                                            sizeof hdr, 0));
+  /* Enabling writes then checks and repairs. */
+  test_set_need_check (mf);
 
   CHECK_OK (qed_image_open_file (memfile_file (mf), NULL, &opts, &img));
   CHECK (!qed_image_is_writable (img));

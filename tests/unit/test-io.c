@@ -153,17 +153,13 @@ test_threads (struct qed_image *img)
 int
 main (void)
 {
-  struct qed_create_options copts = {
-    .size = SIZE, .cluster_size = CLUSTER, .table_size = 4,
-  };
-  struct memfile *mf = memfile_new (NULL, 0);
+  struct memfile *mf = test_new_image (SIZE, CLUSTER, 4);
   struct qed_image *img;
   struct qed_check_result res;
 
   test_capture_log ();
   model = calloc (1, SIZE);
   CHECK (model != NULL);
-  CHECK_OK (qed_create_file (memfile_file (mf), &copts));
   img = test_open_image (mf);
   CHECK (qed_image_size (img) == SIZE);
   test_model_check (model, SIZE, img);

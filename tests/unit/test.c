@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "memfile.h"
+#include "qed-format.h"
 #include "test.h"
 
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -31,6 +32,32 @@ capture (enum qed_log_level level, const char *msg)
     strcat (log_buf, "\n");
   }
   pthread_mutex_unlock (&log_lock);
+}
+
+struct memfile *
+test_new_image (uint64_t size, uint32_t cluster_size, uint32_t table_size)
+{
+  struct memfile *mf = memfile_new (NULL, 0);
+  struct qed_create_options copts = {
+    .size = size, .cluster_size = cluster_size, .table_size = table_size,
+  };
+
+  CHECK_OK (qed_create_file (memfile_file (mf), &copts));
+  return mf;
+}
+
+void
+test_set_need_check (struct memfile *mf)
+{
+  struct qed_file *f = memfile_file (mf);
+  unsigned char hdr[QED_HEADER_STRUCT_SIZE];
+  struct qed_header h;
+
+  CHECK_OK (f->ops->pread (f, hdr, sizeof hdr, 0));
+  qed_header_decode (hdr, &h);
+  h.features |= QED_F_NEED_CHECK;
+  qed_header_encode (&h, hdr);
+  CHECK_OK (f->ops->pwrite (f, hdr, sizeof hdr, 0));
 }
 
 struct qed_image *

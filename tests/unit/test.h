@@ -51,8 +51,15 @@ void test_capture_log (void);
 bool test_log_contains (const char *needle);
 void test_clear_log (void);
 
-/* Open the image in a memfile read-write, or fail the test. */
+/* A new memfile holding a new image (as qemu-img create makes it). */
 struct memfile;
+struct memfile *test_new_image (uint64_t size, uint32_t cluster_size,
+                                uint32_t table_size);
+
+/* Set NEED_CHECK in the image's header, as a crash would leave it. */
+void test_set_need_check (struct memfile *mf);
+
+/* Open the image in a memfile read-write, or fail the test. */
 struct qed_image *test_open_image (struct memfile *mf);
 
 /* A new private directory (removed at exit) and a path inside it. */
