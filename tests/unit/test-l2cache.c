@@ -147,6 +147,27 @@ struct worker {
   unsigned id;
 };
 
+/* Write a pattern at offset (write) or read it back against the model;
+ * each thread has ranges of its own, so the model is exact.
+ */
+static void
+write_or_verify (struct worker *w, unsigned char *buf, size_t n,
+                 uint64_t offset, bool write, uint64_t seed)
+{
+  if (write) {
+    test_fill_pattern (buf, n, seed);
+    CHECK_OK (qed_image_write (w->img, buf, n, offset, 0));
+    memcpy (model + offset, buf, n);
+    return;
+  }
+  CHECK_OK (qed_image_read (w->img, buf, n, offset));
+  if (memcmp (buf, model + offset, n) != 0) {
+    fprintf (stderr, "thread %u: read of %zu at %" PRIu64 " differs\n",
+             w->id, n, offset);
+    exit (EXIT_FAILURE);
+  }
+}
+
 static void *
 worker (void *arg)
 {
@@ -161,26 +182,17 @@ worker (void *arg)
     /* Clusters near the start of the range, so they get reused. */
     uint64_t offset = r * SPAN + test_rand (&state) % (64 * CLUSTER);
 
-    if (test_rand (&state) % 2) {
-      test_fill_pattern (buf, n, state);
-      CHECK_OK (qed_image_write (w->img, buf, n, offset, 0));
-      memcpy (model + offset, buf, n);  /* nobody else's range */
-    }
-    else {
-      CHECK_OK (qed_image_read (w->img, buf, n, offset));
-      if (memcmp (buf, model + offset, n) != 0) {
-        fprintf (stderr, "thread %u: read of %zu at %" PRIu64 " differs\n",
-                 w->id, n, offset);
-        exit (EXIT_FAILURE);
-      }
-    }
+    write_or_verify (w, buf, n, offset, test_rand (&state) % 2, state);
   }
   free (buf);
   return NULL;
 }
 
+/* Run THREADS threads of fn on the image, then check it, also after
+ * reopening.
+ */
 static void
-test_threads (struct memfile *mf)
+run_threads (struct memfile *mf, void *(*fn) (void *))
 {
   struct qed_image *img = open_image (mf, SMALL_CACHE);
   pthread_t th[THREADS];
@@ -189,7 +201,7 @@ test_threads (struct memfile *mf)
 
   for (unsigned i = 0; i < THREADS; i++) {
     w[i] = (struct worker) { .img = img, .id = i };
-    CHECK (pthread_create (&th[i], NULL, worker, &w[i]) == 0);
+    CHECK (pthread_create (&th[i], NULL, fn, &w[i]) == 0);
   }
   for (unsigned i = 0; i < THREADS; i++)
     CHECK (pthread_join (th[i], NULL) == 0);
@@ -222,45 +234,10 @@ sharer (void *arg)
     size_t n = 1 + test_rand (&state) % (CLUSTER - in);
     uint64_t offset = vc * CLUSTER + in;
 
-    if (test_rand (&state) % 3) {
-      test_fill_pattern (buf, n, state);
-      CHECK_OK (qed_image_write (w->img, buf, n, offset, 0));
-      memcpy (model + offset, buf, n);
-    }
-    else {
-      CHECK_OK (qed_image_read (w->img, buf, n, offset));
-      if (memcmp (buf, model + offset, n) != 0) {
-        fprintf (stderr, "thread %u: read of %zu at %" PRIu64 " differs\n",
-                 w->id, n, offset);
-        exit (EXIT_FAILURE);
-      }
-    }
+    write_or_verify (w, buf, n, offset, test_rand (&state) % 3, state);
   }
   free (buf);
   return NULL;
-}
-
-static void
-test_threads_shared (struct memfile *mf)
-{
-  struct qed_image *img = open_image (mf, SMALL_CACHE);
-  pthread_t th[THREADS];
-  struct worker w[THREADS];
-  struct qed_check_result res;
-
-  for (unsigned i = 0; i < THREADS; i++) {
-    w[i] = (struct worker) { .img = img, .id = i };
-    CHECK (pthread_create (&th[i], NULL, sharer, &w[i]) == 0);
-  }
-  for (unsigned i = 0; i < THREADS; i++)
-    CHECK (pthread_join (th[i], NULL) == 0);
-  test_model_check (model, SIZE, img);
-  CHECK_OK (qed_image_check (img, false, &res));
-  CHECK (res.corruptions == 0 && res.leaks == 0 && res.check_errors == 0);
-  CHECK_OK (qed_image_close (img));
-  img = open_image (mf, SMALL_CACHE);
-  test_model_check (model, SIZE, img);
-  CHECK_OK (qed_image_close (img));
 }
 
 /* Tables held in the cache for a while (here: new tables left
@@ -331,8 +308,8 @@ main (void)
   populate (mf);
 
   test_budget (mf);
-  test_threads (mf);
-  test_threads_shared (mf);
+  run_threads (mf, worker);
+  run_threads (mf, sharer);
   test_budget (mf);
   memfile_free (mf);
 
