@@ -69,6 +69,7 @@ struct checker {
   bool first_pass;
   bool settle_only;             /* repair: a pass settling the tables */
   bool tables_settled;          /* ... which every window has had */
+  uint64_t past_end;            /* count_entries_past_end's count */
   enum phase phase;
   uint64_t file_size;
   uint64_t file_end;            /* whole clusters of the file */
@@ -244,31 +245,52 @@ check_data_entry (struct checker *ck, uint64_t *entry, bool *changed)
   return 0;
 }
 
+/* Apply fn to each entry of the table of nelems entries at host, a
+ * chunk at a time, and write back the chunks it changed.  A chunk that
+ * cannot be read ends the walk with *unreadable set.
+ */
 static int
-check_l2_table (struct checker *ck, uint64_t table)
+walk_table (struct checker *ck, uint64_t host, uint64_t nelems,
+            int (*fn) (struct checker *ck, uint64_t *entry, bool *changed),
+            bool *unreadable)
 {
-  uint64_t nelems = ck->img->table_bytes / 8;
   CLEANUP_FREE uint64_t *entries = malloc (CHUNK_ENTRIES * 8);
   int r;
 
+  *unreadable = false;
   if (entries == NULL)
     return -ENOMEM;
   for (uint64_t i = 0; i < nelems; i += CHUNK_ENTRIES) {
     size_t n = nelems - i < CHUNK_ENTRIES ? nelems - i : CHUNK_ENTRIES;
     bool changed = false;
 
-    if (read_chunk (ck, table + i * 8, entries, n) < 0) {
-      if (ck->first_pass)
-        ck->res->check_errors++;
-      return 0;
+    if ((r = read_chunk (ck, host + i * 8, entries, n)) < 0) {
+      *unreadable = true;
+      return r;
     }
     for (size_t j = 0; j < n; j++)
-      if ((r = check_data_entry (ck, &entries[j], &changed)) < 0)
+      if ((r = fn (ck, &entries[j], &changed)) < 0)
         return r;
-    if (changed && (r = write_chunk (ck, table + i * 8, entries, n)) < 0)
+    if (changed && (r = write_chunk (ck, host + i * 8, entries, n)) < 0)
       return r;
   }
   return 0;
+}
+
+/* An L2 table that cannot be read is a check error (counted once). */
+static int
+check_l2_table (struct checker *ck, uint64_t table)
+{
+  bool unreadable;
+  int r = walk_table (ck, table, ck->img->table_bytes / 8, check_data_entry,
+                      &unreadable);
+
+  if (unreadable) {
+    if (ck->first_pass)
+      ck->res->check_errors++;
+    return 0;
+  }
+  return r;
 }
 
 /* Mark the table an L1 entry points at; when its clusters are shared,
@@ -324,28 +346,14 @@ static int
 walk_l1 (struct checker *ck)
 {
   struct qed_image *img = ck->img;
-  uint64_t l1 = img->header.l1_table_offset, nelems = img->table_bytes / 8;
-  CLEANUP_FREE uint64_t *entries = malloc (CHUNK_ENTRIES * 8);
-  int r;
+  bool unreadable;
+  int r = walk_table (ck, img->header.l1_table_offset, img->table_bytes / 8,
+                      check_l1_entry, &unreadable);
 
-  if (entries == NULL)
-    return -ENOMEM;
-  for (uint64_t i = 0; i < nelems; i += CHUNK_ENTRIES) {
-    size_t n = nelems - i < CHUNK_ENTRIES ? nelems - i : CHUNK_ENTRIES;
-    bool changed = false;
-
-    if ((r = read_chunk (ck, l1 + i * 8, entries, n)) < 0) {
-      qed_error ("%s: check: reading the L1 table: %s", image_name (img),
-                 strerror (-r));
-      return r;
-    }
-    for (size_t j = 0; j < n; j++)
-      if ((r = check_l1_entry (ck, &entries[j], &changed)) < 0)
-        return r;
-    if (changed && (r = write_chunk (ck, l1 + i * 8, entries, n)) < 0)
-      return r;
-  }
-  return 0;
+  if (unreadable)
+    qed_error ("%s: check: reading the L1 table: %s", image_name (img),
+               strerror (-r));
+  return r;
 }
 
 /* One pass: mark what lies in the window, count its leaks. */
@@ -541,41 +549,42 @@ check_image (struct qed_image *img, bool repair,
  * them; after a reopen nothing would).  Reads every L2 table, in
  * chunks, without the cache.
  */
+static int
+count_past_end (struct checker *ck, uint64_t *entry, bool *changed)
+{
+  if (*entry > QED_ENTRY_ZERO && *entry >= ck->img->open_end)
+    ck->past_end++;
+  return 0;
+}
+
 int
 count_entries_past_end (struct qed_image *img, uint64_t *count)
 {
-  uint64_t end = img->open_end, nelems = img->table_bytes / 8;
-  CLEANUP_FREE uint64_t *entries = malloc (CHUNK_ENTRIES * 8);
   struct checker ck = { .img = img };
+  bool unreadable;
   int r;
 
   token_assert_held (img);
-  if (entries == NULL)
-    return -ENOMEM;
-  *count = 0;
   for (uint64_t l1i = 0; l1i < img->l1_entries; l1i++) {
     uint64_t table = img->l1[l1i];
 
     if (table == 0)
       continue;
-    if (table >= end || end - table < img->table_bytes) {
-      ++*count;
+    if (table >= img->open_end ||
+        img->open_end - table < img->table_bytes) {
+      ck.past_end++;
       continue;
     }
     if (l1_entry_is_bad (img, l1i))
       continue;                 /* invalid for good: not walked */
-    for (uint64_t i = 0; i < nelems; i += CHUNK_ENTRIES) {
-      size_t n = nelems - i < CHUNK_ENTRIES ? nelems - i : CHUNK_ENTRIES;
-
-      if ((r = read_chunk (&ck, table + i * 8, entries, n)) < 0) {
-        qed_error ("%s: reading L2 table at 0x%" PRIx64 ": %s",
-                   image_name (img), table, strerror (-r));
-        return r;
-      }
-      for (size_t j = 0; j < n; j++)
-        if (entries[j] > QED_ENTRY_ZERO && entries[j] >= end)
-          ++*count;
-    }
+    r = walk_table (&ck, table, img->table_bytes / 8, count_past_end,
+                    &unreadable);
+    if (unreadable)
+      qed_error ("%s: reading L2 table at 0x%" PRIx64 ": %s",
+                 image_name (img), table, strerror (-r));
+    if (r < 0)
+      return r;
   }
+  *count = ck.past_end;
   return 0;
 }
