@@ -108,14 +108,6 @@ g_punch (struct qed_file *f, uint64_t offset, uint64_t count)
   return g->inner->ops->punch (g->inner, offset, count);
 }
 
-static int
-g_lock (struct qed_file *f, enum qed_lock_mode mode)
-{
-  struct guard *g = (struct guard *) f;
-
-  return g->inner->ops->lock (g->inner, mode);
-}
-
 static void
 g_close (struct qed_file *f)
 {
@@ -125,15 +117,15 @@ g_close (struct qed_file *f)
   free (g);
 }
 
+/* Over a memfile, which cannot lock: neither can the guard. */
 static const struct qed_file_ops guard_ops = {
   .pread = g_pread,
+  .get_size = g_get_size,
+  .close = g_close,
   .pwrite = g_pwrite,
   .flush = g_flush,
-  .get_size = g_get_size,
   .truncate = g_truncate,
   .punch = g_punch,
-  .lock = g_lock,
-  .close = g_close,
 };
 
 struct qed_file *
