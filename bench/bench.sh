@@ -13,7 +13,7 @@
 # then times nbdcopy of a half-allocated image, the open of a 1 TiB
 # sparse and a 16 GiB allocated image, resident memory (idle, and
 # under random load on a 1 TiB image), and the check of the images
-# (our tests/qedcheck against qemu-img check).
+# (our tests/nbd/qedcheck against qemu-img check).
 #
 # Each workload runs RUNS times with the servers interleaved (in a
 # rotating order), each run on its own new image: empty for the
@@ -37,7 +37,7 @@
 #   WARM_UP_MIB MiB written and deleted before measuring [8192]
 #
 # Needs nbdkit, qemu-img, qemu-nbd, qemu-io, fio (nbd engine), nbdinfo,
-# nbdcopy, jq and a C compiler.  About 15 minutes with the defaults.
+# nbdcopy, jq and make.  About 15 minutes with the defaults.
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=bench/common.sh
@@ -347,13 +347,11 @@ declare -A OPEN_MS
 
 run_open_section ()
 {
-    local exe=$dir/qed-open name base s i t0 t1 d line
+    local exe=$BUILD_DIR/bench/qed-open name base s i t0 t1 d line
     local -A T
 
     make_open_images || die "cannot make the open/check images"
-    cc -O2 -I"$srcdir/lib" -o "$exe" "$here/qed-open.c" \
-        "$BUILD_DIR/lib/.libs/libqed.a" -lpthread ||
-        die "cannot build qed-open against $BUILD_DIR/lib/.libs/libqed.a"
+    ensure_built bench/qed-open
 
     say ""
     say "Open (engine): qed_image_open + qed_image_enable_writes, as the plugin opens,"
@@ -412,11 +410,13 @@ run_open_section ()
     done
 }
 
-ensure_qedcheck ()
+# ensure_built PROGRAM: make the build tree's PROGRAM (e.g.
+# tests/nbd/qedcheck, a check program) if it is not there.
+ensure_built ()
 {
-    [ -x "$BUILD_DIR/tests/qedcheck" ] ||
-        make -C "$BUILD_DIR/tests" qedcheck >/dev/null ||
-        die "cannot build $BUILD_DIR/tests/qedcheck"
+    [ -x "$BUILD_DIR/$1" ] ||
+        make -C "$BUILD_DIR/$(dirname "$1")" "$(basename "$1")" >/dev/null ||
+        die "cannot build $BUILD_DIR/$1"
 }
 
 # check_times IMAGE: qedcheck and qemu-img check on IMAGE, RUNS times
@@ -428,7 +428,7 @@ check_times ()
         for i in $((r % 2)) $(((r + 1) % 2)); do
             t0=$(now_ns)
             if [ "$i" = 0 ]; then
-                "$BUILD_DIR/tests/qedcheck" "$image" >"$dir/qedcheck.out"
+                "$BUILD_DIR/tests/nbd/qedcheck" "$image" >"$dir/qedcheck.out"
                 st=$?
             else
                 qemu-img check -f qed "$image" >"$dir/qemu-check.out" 2>&1
@@ -472,7 +472,7 @@ run_mem_section ()
         rm -f "$img"
     done
     if [ -f "$dir/mem-ours.qed" ]; then
-        ensure_qedcheck
+        ensure_built tests/nbd/qedcheck
         say "Check of the 1 TiB image ours wrote under that load (qemu-img check also"
         say "  says whether QEMU finds it consistent), warm page cache:"
         check_times "$dir/mem-ours.qed"
@@ -483,7 +483,7 @@ run_mem_section ()
 run_check_section ()
 {
     make_open_images || die "cannot make the open/check images"
-    ensure_qedcheck
+    ensure_built tests/nbd/qedcheck
     say ""
     say "Check of the 16 GiB allocated image, warm page cache:"
     check_times "$full.qed"

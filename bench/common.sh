@@ -7,7 +7,7 @@
 #
 #   PLUGIN        the plugin [first argument, else build/plugin/.libs/
 #                 nbdkit-qed-plugin.so in the source tree]
-#   BUILD_DIR     build tree with lib/.libs/libqed.a and tests/
+#   BUILD_DIR     build tree with bench/qed-open and tests/nbd/
 #                 [the plugin's ../..]
 #   BENCH_DIR     where the scratch directory is made (removed at the
 #                 end unless KEEP=1) [/dev/shm].  tmpfs by default: the
@@ -57,7 +57,7 @@ bench_setup ()
     CLUSTER_SIZE=${CLUSTER_SIZE:-64K}
     CLUSTER_BYTES=$(numfmt --from=iec "$CLUSTER_SIZE") || exit 1
 
-    for t in nbdkit qemu-img qemu-nbd qemu-io fio nbdinfo nbdcopy jq cc; do
+    for t in nbdkit qemu-img qemu-nbd qemu-io fio nbdinfo nbdcopy jq make; do
         command -v "$t" >/dev/null || die "$t is needed"
     done
     fio --enghelp=nbd >/dev/null 2>&1 || die "fio has no nbd engine"

@@ -12,8 +12,8 @@
  * FIRST is the first open (its reads may miss the page cache), the
  * medians are over all runs, and rss-kib is the process's VmRSS right
  * after the last open (before close), the engine's own memory plus
- * a small C program's.  Built by bench/bench.sh against the build
- * tree's lib/.libs/libqed.a; it is not part of make check.
+ * a small C program's.  Built by make (bench/Makefile.am) and run by
+ * bench/bench.sh; it is not part of make check.
  */
 
 #include <errno.h>

@@ -1,17 +1,18 @@
 #!/bin/sh
-# nbdkit-qed: build and run the fuzzers for a while.
+# nbdkit-qed: run the fuzzers for a while.
 # SPDX-License-Identifier: LGPL-2.1-or-later
 #
 #   fuzz/run.sh [SECONDS]
 #
-# Builds the fuzzers (fuzz/build.sh) into $FUZZ_BUILD (default: a
-# temporary directory), replays the reproducers of every bug found so
-# far (fuzz/regressions/HARNESS/*), then fuzzes each harness for
-# SECONDS (default 60) from its seed corpus (fuzz/corpus/HARNESS/).
-# New inputs go to a scratch corpus, not into the committed one; a
-# crash, sanitizer report, leak, timeout or out-of-memory leaves its
-# input in $FUZZ_ARTIFACTS (default: the build directory) and makes
-# the script exit non-zero.
+# "make fuzz" runs it.  With the libFuzzer binaries in $FUZZ_BIN
+# (default: build/fuzz/libfuzzer in the source tree, where
+# scripts/setup.sh builds), it replays the reproducers of every bug
+# found so far (fuzz/regressions/HARNESS/*), then fuzzes each harness
+# for SECONDS (default 60) from its seed corpus (fuzz/corpus/HARNESS/).
+# New inputs go to a scratch corpus in a temporary directory, not into
+# the committed one; a crash, sanitizer report, leak, timeout or
+# out-of-memory leaves its input in $FUZZ_ARTIFACTS (default: that
+# directory, then kept) and makes the script exit non-zero.
 #
 # FUZZ_HARNESSES limits the run to some harnesses (e.g. "fuzz-ops").
 
@@ -20,17 +21,20 @@ set -e
 srcdir=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${1:-60}
 harnesses=${FUZZ_HARNESSES:-fuzz-open fuzz-ops}
+bin=${FUZZ_BIN:-$srcdir/build/fuzz/libfuzzer}
 
-if [ -n "${FUZZ_BUILD:-}" ]; then
-    build=$FUZZ_BUILD
-else
-    build=$(mktemp -d "${TMPDIR:-/tmp}/qedfuzz.XXXXXX")
-    trap 'rm -rf "$build"' EXIT
-fi
-artifacts=${FUZZ_ARTIFACTS:-$build/artifacts}
+for h in $harnesses; do
+    if [ ! -x "$bin/$h" ]; then
+        echo "$bin/$h: not found (build it with make; configure needs a" \
+             "clang with libFuzzer)" >&2
+        exit 1
+    fi
+done
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/qedfuzz.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+artifacts=${FUZZ_ARTIFACTS:-$work/artifacts}
 mkdir -p "$artifacts"
-
-"$srcdir/fuzz/build.sh" "$build"
 
 # Inputs and limits per harness.
 max_len ()
@@ -48,7 +52,7 @@ for h in $harnesses; do
     failed=
     for reg in $(find "$srcdir/fuzz/regressions/$name" -type f 2>/dev/null |
                  sort); do
-        if ! "$build/$h" -error_exitcode=1 -timeout=10 -rss_limit_mb=1024 \
+        if ! "$bin/$h" -error_exitcode=1 -timeout=10 -rss_limit_mb=1024 \
              "$reg" > "$artifacts/$h-regression.log" 2>&1; then
             echo "$h: $reg still fails:"
             grep -E '^fuzz-|^guardfile|ERROR|SUMMARY|runtime error' \
@@ -62,9 +66,9 @@ for h in $harnesses; do
     fi
 
     echo "== $h: fuzzing for $seconds seconds"
-    scratch=$build/corpus-$name
+    scratch=$work/corpus-$name
     mkdir -p "$scratch"
-    if ! "$build/$h" "$scratch" "$srcdir/fuzz/corpus/$name" \
+    if ! "$bin/$h" "$scratch" "$srcdir/fuzz/corpus/$name" \
          -max_total_time="$seconds" -max_len="$(max_len "$h")" \
          -timeout=10 -rss_limit_mb=1024 -error_exitcode=1 \
          -print_final_stats=1 \
@@ -80,9 +84,9 @@ for h in $harnesses; do
          "$artifacts/$h.log" || true
 done
 
-if [ $status -ne 0 ] && [ -z "${FUZZ_BUILD:-}" ]; then
+if [ $status -ne 0 ] && [ -z "${FUZZ_ARTIFACTS:-}" ]; then
     # Keep what was found.
     trap - EXIT
-    echo "the build and the failing inputs are kept in $build"
+    echo "the failing inputs and the logs are kept in $work"
 fi
 exit $status

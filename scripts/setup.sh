@@ -10,7 +10,8 @@
 # apt-get (through sudo when not root), then builds out of tree in
 # $BUILD_DIR (default: build/ in the source tree) with
 #   autoreconf -fi; configure $CONFIGURE_FLAGS; make -j$(nproc)
-# Running it again only rebuilds what changed.
+# Running it again only rebuilds what changed (and configures again
+# when CONFIGURE_FLAGS changed).
 #
 # When sourced, it defines qed_setup, which does the same and leaves
 # the source and build directories in $srcdir and $builddir.
@@ -34,6 +35,7 @@ qed_packages=(
     valgrind
     perl                        # pod2man, podchecker
     clang
+    libclang-rt-dev             # libFuzzer, for the fuzzers
 )
 
 qed_log ()
@@ -75,10 +77,10 @@ qed_install_packages ()
         apt-get install -q -y "${missing[@]}"
 }
 
-# Generate the build system when needed, configure once, then make.
+# Generate the build system when needed, configure, then make.
 qed_build ()
 {
-    local jobs
+    local jobs again flags=${CONFIGURE_FLAGS:-}
 
     jobs=$(nproc 2>/dev/null || echo 2)
     if [ ! -x "$srcdir/configure" ] || [ ! -f "$srcdir/Makefile.in" ]; then
@@ -88,11 +90,23 @@ qed_build ()
         (cd "$srcdir" && mkdir -p m4 && autoreconf -fi) || return 1
     fi
     mkdir -p "$builddir" || return 1
-    if [ ! -f "$builddir/Makefile" ]; then
-        qed_log "configure${CONFIGURE_FLAGS:+ $CONFIGURE_FLAGS} in $builddir"
+    # Configure once, and again when the flags are not those of the
+    # last configure (kept in configure-flags): scripts/test.sh adds
+    # --enable-werror, which a build made by serve.sh lacks.  make does
+    # not see flags change, so a build configured again starts clean.
+    if [ ! -f "$builddir/Makefile" ] ||
+       [ "$(cat "$builddir/configure-flags" 2>/dev/null)" != "$flags" ]; then
+        again=
+        [ -f "$builddir/Makefile" ] && again=yes
+        qed_log "configure${flags:+ $flags} in $builddir"
         # shellcheck disable=SC2086 # CONFIGURE_FLAGS is a list of words
-        (cd "$builddir" && "$srcdir/configure" -q ${CONFIGURE_FLAGS:-}) ||
-            return 1
+        (cd "$builddir" && "$srcdir/configure" -q $flags) || return 1
+        if [ -n "$again" ]; then
+            qed_log "make clean in $builddir: the configure flags changed"
+            make -C "$builddir" --no-print-directory clean >/dev/null ||
+                return 1
+        fi
+        echo "$flags" > "$builddir/configure-flags" || return 1
     fi
     qed_log "make -j$jobs in $builddir"
     make -C "$builddir" --no-print-directory -j"$jobs" || return 1

@@ -6,10 +6,13 @@
 #   scripts/test.sh [TARGET...]
 #
 # TARGETs are make targets run in the build directory; the default is
-# "check".  Others: check-valgrind, distcheck.  Set CONFIGURE_FLAGS
-# (e.g. --enable-sanitizers) and BUILD_DIR to build another way.
+# "check".  Others: check-valgrind, distcheck.  The build always has
+# --enable-werror (as CI wants); set CONFIGURE_FLAGS for more (e.g.
+# --enable-sanitizers) and BUILD_DIR to build another way.
 
 set -e -u -o pipefail
+
+export CONFIGURE_FLAGS="--enable-werror${CONFIGURE_FLAGS:+ $CONFIGURE_FLAGS}"
 
 # shellcheck source=scripts/setup.sh
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
