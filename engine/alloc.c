@@ -98,6 +98,21 @@ pending_slice (struct qed_image *img, struct pending_table *pt,
   return 0;
 }
 
+static bool drop_unused_table (struct qed_image *img, uint64_t *end);
+
+/* A reservation failed (out of memory) after reserving a new table:
+ * if nothing else uses the table, give its space back, or it would
+ * stay a hole below the next reservations (a leak in a clean image).
+ */
+static void
+drop_failed_table (struct qed_image *img)
+{
+  uint64_t end = img->alloc_end;
+
+  if (drop_unused_table (img, &end))
+    img->alloc_end = end;
+}
+
 /* Called with the table lock held; run is RUN_UNALLOC or RUN_ZERO. */
 int
 alloc_reserve (struct qed_image *img, struct run *run, bool zero_clusters,
@@ -162,8 +177,10 @@ alloc_reserve (struct qed_image *img, struct run *run, bool zero_clusters,
       img->pending = pt;
     }
     r = pending_slice (img, pt, pt->host + (l2i - a->index) * 8, &a->slice);
-    if (r < 0)
+    if (r < 0) {
+      drop_failed_table (img);
       return r;
+    }
     a->table = pt;
     pt->users++;
   }
@@ -176,8 +193,10 @@ alloc_reserve (struct qed_image *img, struct run *run, bool zero_clusters,
     a->host = QED_ENTRY_ZERO;
   else if ((r = new_links_reserve (&img->new_links, a->slice->key)) < 0) {
     slice_put (img, a->slice);
-    if (a->table)
+    if (a->table) {
       a->table->users--;
+      drop_failed_table (img);
+    }
     return r;
   }
   else {
@@ -501,13 +520,20 @@ give_back (struct qed_image *img, const struct alloc *a)
 
   table_assert_held (img);
   if (a->host != QED_ENTRY_ZERO) {
-    failed = realloc (img->failed, (img->nfailed + 1) * sizeof *failed);
-    if (failed == NULL)
-      return;                   /* leaked: the next check finds it */
-    img->failed = failed;
-    failed[img->nfailed].start = a->host;
-    failed[img->nfailed++].end = a->host + ((uint64_t) a->count
-                                            << img->cluster_bits);
+    uint64_t a_end = a->host + ((uint64_t) a->count << img->cluster_bits);
+
+    /* At the end (always, without concurrent allocations) it goes at
+     * once, unrecorded: out of memory, it must not be leaked.
+     */
+    if (a_end == end)
+      end = a->host;
+    else if ((failed = realloc (img->failed, (img->nfailed + 1)
+                                * sizeof *failed)) != NULL) {
+      img->failed = failed;
+      failed[img->nfailed].start = a->host;
+      failed[img->nfailed++].end = a_end;
+    }
+    /* else leaked: the next check finds it.  Tables below still go. */
   }
 
   do {

@@ -451,7 +451,8 @@ truncate_leaks (struct checker *ck)
 /* After a repair the tables on disk changed: reload what is cached.
  * New L2 tables that earlier failed writes left unlinked go too: the
  * repair may have truncated their space, and allocation starts again
- * from the end of the file.
+ * from the end of the file.  Allocates nothing (table_load_l1 reuses
+ * the arrays), so that a repair out of memory can still reload.
  */
 static int
 reload (struct qed_image *img)
@@ -471,10 +472,6 @@ reload (struct qed_image *img)
     free (pt);
   }
   img->pending = NULL;
-  free (img->l1);
-  free (img->l1_bad);
-  free (img->tables);
-  img->l1 = img->l1_bad = img->tables = NULL;
   img->alloc_end = img->open_end = cluster_start (img, size);
   free (img->failed);
   img->failed = NULL;
@@ -537,6 +534,12 @@ check_image (struct qed_image *img, bool repair,
     r = img->file->ops->get_size (img->file, &res->image_end);
 
  out:
+  /* A repair that failed half way may have changed tables on disk:
+   * what is in memory must follow them, or requests would use tables
+   * the disk no longer links.
+   */
+  if (r < 0 && repair)
+    reload (img);
   free (ck.bitmap);
   free (ck.copy_buf);
   return r;

@@ -240,7 +240,7 @@ struct qed_image {
 
   /* Under the table lock. */
   uint64_t *l1;                 /* l1_entries, CPU order */
-  uint64_t *l1_bad;             /* bitmap of invalid entries, or NULL */
+  uint64_t *l1_bad;             /* bitmap of invalid entries */
   uint64_t *tables;             /* sorted host offsets of linked L2 tables */
   size_t ntables;
   struct l2_cache cache;

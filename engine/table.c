@@ -41,14 +41,22 @@ compare_u64 (const void *a, const void *b)
 int
 table_load_l1 (struct qed_image *img)
 {
-  size_t n = img->l1_entries;
+  size_t n = img->l1_entries, bad_words = n / 64 + 1;  /* never 0 */
   uint64_t nbad = 0;
   int r;
 
-  img->l1 = calloc (n ? n : 1, sizeof *img->l1);
-  img->tables = calloc (n ? n : 1, sizeof *img->tables);
-  if (img->l1 == NULL || img->tables == NULL)
-    return -ENOMEM;
+  /* Allocated once, at open, with the bitmap of bad entries too: a
+   * reload after a repair reuses them, so that it cannot run out of
+   * memory after the repair changed the tables on disk.
+   */
+  if (img->l1 == NULL) {
+    img->l1 = calloc (n ? n : 1, sizeof *img->l1);
+    img->tables = calloc (n ? n : 1, sizeof *img->tables);
+    img->l1_bad = calloc (bad_words, sizeof *img->l1_bad);
+    if (img->l1 == NULL || img->tables == NULL || img->l1_bad == NULL)
+      return -ENOMEM;
+  }
+  memset (img->l1_bad, 0, bad_words * sizeof *img->l1_bad);
   r = img->file->ops->pread (img->file, img->l1, n * 8,
                              img->header.l1_table_offset);
   if (r < 0) {
@@ -63,11 +71,6 @@ table_load_l1 (struct qed_image *img)
     if (img->l1[i] == 0)
       continue;
     if (!l1_entry_valid (img, img->l1[i])) {
-      if (img->l1_bad == NULL) {
-        img->l1_bad = calloc ((n + 63) / 64, sizeof *img->l1_bad);
-        if (img->l1_bad == NULL)
-          return -ENOMEM;
-      }
       img->l1_bad[i / 64] |= 1ull << (i % 64);
       if (nbad++ == 0)
         qed_debug ("%s: L1 entry %zu is invalid (0x%" PRIx64 "); reads and"
@@ -86,7 +89,7 @@ table_load_l1 (struct qed_image *img)
 bool
 l1_entry_is_bad (const struct qed_image *img, uint32_t index)
 {
-  return img->l1_bad && (img->l1_bad[index / 64] >> (index % 64)) & 1;
+  return (img->l1_bad[index / 64] >> (index % 64)) & 1;
 }
 
 /* Does host fall inside a linked L2 table?  (Binary search.) */
