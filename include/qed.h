@@ -10,7 +10,8 @@
  *   The errno is what an NBD client should see: EIO for a corrupt
  *   image or an I/O error, ENOSPC for a full disk, EROFS for a write to
  *   a read-only image, ENOTSUP for a fast zero that would not be fast.
- *   Every failure is also described through the log function.
+ *   Every failure but running out of memory (-ENOMEM) is also
+ *   described through the log function.
  * - Offsets and counts are in bytes of the virtual disk unless named
  *   "host".
  * - Every function taking an image may be called from any thread at
