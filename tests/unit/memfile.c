@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "memfile.h"
 
@@ -30,6 +31,9 @@ struct memfile {
   uint64_t fail_skip;
   int fail_err;
   bool fail_persistent;
+  /* Slow operations (memfile_delay). */
+  unsigned delay_mask;
+  unsigned delay_us;
   /* Holding an operation (memfile_hold). */
   unsigned hold_mask;
   bool held;
@@ -46,6 +50,21 @@ static unsigned
 op_index (enum memfile_op op)
 {
   return __builtin_ctz (op);
+}
+
+/* Called without the lock: an operation that memfile_delay slows
+ * takes its time, as a disk's would, while other threads go on.
+ */
+static void
+delay (struct memfile *mf, enum memfile_op op)
+{
+  unsigned us;
+
+  pthread_mutex_lock (&mf->lock);
+  us = mf->delay_mask & op ? mf->delay_us : 0;
+  pthread_mutex_unlock (&mf->lock);
+  if (us)
+    usleep (us);
 }
 
 /* Called with the lock held: should this operation fail?  An operation
@@ -157,6 +176,7 @@ mf_pwrite (struct qed_file *f, const void *buf, size_t count, uint64_t offset)
   struct memfile *mf = (struct memfile *) f;
   int r;
 
+  delay (mf, MF_PWRITE);
   pthread_mutex_lock (&mf->lock);
   r = injected (mf, MF_PWRITE);
   if (r == 0)
@@ -175,6 +195,7 @@ mf_flush (struct qed_file *f)
   struct memfile *mf = (struct memfile *) f;
   int r;
 
+  delay (mf, MF_FLUSH);
   pthread_mutex_lock (&mf->lock);
   r = injected (mf, MF_FLUSH);
   if (r == 0)
@@ -269,6 +290,15 @@ memfile_without (struct memfile *mf, unsigned mask)
     mf->ops.truncate = NULL;
   if (mask & MF_PUNCH)
     mf->ops.punch = NULL;
+}
+
+void
+memfile_delay (struct memfile *mf, unsigned mask, unsigned us)
+{
+  pthread_mutex_lock (&mf->lock);
+  mf->delay_mask = mask;
+  mf->delay_us = us;
+  pthread_mutex_unlock (&mf->lock);
 }
 
 void
@@ -376,7 +406,86 @@ memfile_record (struct memfile *mf)
 size_t
 memfile_recorded (struct memfile *mf)
 {
-  return mf->nrecords;
+  size_t n;
+
+  pthread_mutex_lock (&mf->lock);
+  n = mf->nrecords;
+  pthread_mutex_unlock (&mf->lock);
+  return n;
+}
+
+/* The recorded operations are read without the lock: once the threads
+ * using the file are done.
+ */
+enum memfile_op
+memfile_recorded_op (struct memfile *mf, size_t i, uint64_t *offset,
+                     uint64_t *count)
+{
+  *offset = mf->records[i].offset;
+  *count = mf->records[i].count;
+  return mf->records[i].op;
+}
+
+size_t
+memfile_flushed (struct memfile *mf, size_t n)
+{
+  while (n > 0 && mf->records[n - 1].op != MF_FLUSH)
+    n--;
+  return n;
+}
+
+/* A disk writes a request sector by sector: only a sector is atomic. */
+#define SECTOR 512
+
+/* A coin of the crash's generator. */
+static bool
+coin (uint64_t *s)
+{
+  *s ^= *s << 13;
+  *s ^= *s >> 7;
+  *s ^= *s << 17;
+  return *s & 1;
+}
+
+static void
+apply_record (struct memfile *c, const struct record *r)
+{
+  switch (r->op) {
+  case MF_PWRITE:
+    if (apply_write (c, r->data, r->count, r->offset) < 0)
+      abort ();
+    break;
+  case MF_TRUNCATE:
+    if (resize (c, r->count) < 0)
+      abort ();
+    break;
+  case MF_PUNCH:
+    if (r->offset < c->size)
+      memset (c->data + r->offset, 0,
+              r->count < c->size - r->offset ? r->count
+              : c->size - r->offset);
+    break;
+  default:
+    break;
+  }
+}
+
+/* The sectors of a write that a torn crash left on disk: each one
+ * that the coin keeps.
+ */
+static void
+apply_torn (struct memfile *c, const struct record *r, uint64_t *s)
+{
+  uint64_t end = r->offset + r->count, next;
+
+  for (uint64_t p = r->offset; p < end; p = next) {
+    next = (p / SECTOR + 1) * SECTOR;
+    if (next > end)
+      next = end;
+    if (coin (s) &&
+        apply_write (c, r->data + (p - r->offset), next - p, p) < 0)
+      abort ();
+  }
 }
 
 struct memfile *
@@ -384,11 +493,9 @@ memfile_crash (struct memfile *mf, size_t n, enum memfile_crash_mode mode,
                uint64_t seed)
 {
   struct memfile *c = memfile_new (mf->base, mf->base_size);
-  size_t flushed = n;
+  size_t flushed = memfile_flushed (mf, n);
   uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
 
-  while (flushed > 0 && mf->records[flushed - 1].op != MF_FLUSH)
-    flushed--;
   for (size_t i = 0; i < n; i++) {
     const struct record *r = &mf->records[i];
 
@@ -398,31 +505,19 @@ memfile_crash (struct memfile *mf, size_t n, enum memfile_crash_mode mode,
       case MF_CRASH_KEEP_ALL: keep = true; break;
       case MF_CRASH_DROP_ALL: keep = false; break;
       case MF_CRASH_KEEP_LAST: keep = i == n - 1; break;
+      case MF_CRASH_TORN:
+        if (r->op == MF_PWRITE) {
+          apply_torn (c, r, &s);
+          continue;
+        }
+        /* fallthrough */
       default:
-        s ^= s << 13; s ^= s >> 7; s ^= s << 17;
-        keep = s & 1;
+        keep = coin (&s);
       }
       if (!keep)
         continue;
     }
-    switch (r->op) {
-    case MF_PWRITE:
-      if (apply_write (c, r->data, r->count, r->offset) < 0)
-        abort ();
-      break;
-    case MF_TRUNCATE:
-      if (resize (c, r->count) < 0)
-        abort ();
-      break;
-    case MF_PUNCH:
-      if (r->offset < c->size)
-        memset (c->data + r->offset, 0,
-                r->count < c->size - r->offset ? r->count
-                : c->size - r->offset);
-      break;
-    default:
-      break;
-    }
+    apply_record (c, r);
   }
   return c;
 }

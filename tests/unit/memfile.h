@@ -45,6 +45,12 @@ uint64_t memfile_bytes_written (struct memfile *mf);
  */
 void memfile_without (struct memfile *mf, unsigned mask);
 
+/* Operations of the kinds in mask (MF_PWRITE, MF_FLUSH) take us
+ * microseconds, outside the file's lock, as a disk's would: so that
+ * threads using the file overlap.
+ */
+void memfile_delay (struct memfile *mf, unsigned mask, unsigned us);
+
 /* The next operation of a kind in mask waits, after it is counted and
  * before it does anything, until memfile_release; memfile_wait_held
  * waits until one does.  To stop a thread inside the engine at a
@@ -67,6 +73,17 @@ void memfile_record (struct memfile *mf);
 /* Number of recorded operations. */
 size_t memfile_recorded (struct memfile *mf);
 
+/* Recorded operation i: its kind, offset and count (a truncate's new
+ * size).
+ */
+enum memfile_op memfile_recorded_op (struct memfile *mf, size_t i,
+                                     uint64_t *offset, uint64_t *count);
+
+/* How many of the first n recorded operations a crash after them
+ * keeps for certain: those up to the last flush among them.
+ */
+size_t memfile_flushed (struct memfile *mf, size_t n);
+
 /* Which of the operations since the last flush reached the disk. */
 enum memfile_crash_mode {
   MF_CRASH_KEEP_ALL,            /* all of them */
@@ -74,12 +91,16 @@ enum memfile_crash_mode {
   MF_CRASH_KEEP_LAST,           /* only the last one: the worst reordering
                                  * for a write that had to follow others */
   MF_CRASH_RANDOM,              /* each one with probability 1/2 */
+  MF_CRASH_TORN,                /* each 512-byte sector of each write
+                                 * (the disk's atomic unit, aligned in
+                                 * the file), and each other operation,
+                                 * with probability 1/2 */
 };
 
 /* The file as a crash would leave it after the first n recorded
  * operations: those before the last flush among them are on disk, the
- * others as mode says (seed drives MF_CRASH_RANDOM).  Returns a new
- * memfile.
+ * others as mode says (seed drives MF_CRASH_RANDOM and MF_CRASH_TORN).
+ * Returns a new memfile.
  */
 struct memfile *memfile_crash (struct memfile *mf, size_t n,
                                enum memfile_crash_mode mode, uint64_t seed);
