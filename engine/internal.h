@@ -238,7 +238,9 @@ struct qed_image {
   pthread_cond_t commit_done;   /* a batch is committed, the token free */
   pthread_t lock_owner, token_owner;  /* for the assertions */
 
-  /* Under the table lock. */
+  /* Under the table lock (check's reload, alone with the gate closed,
+   * reads the L1 table into l1, l1_bad and tables without it).
+   */
   uint64_t *l1;                 /* l1_entries, CPU order */
   uint64_t *l1_bad;             /* bitmap of invalid entries */
   uint64_t *tables;             /* sorted host offsets of linked L2 tables */
