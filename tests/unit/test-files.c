@@ -136,7 +136,7 @@ names_open (const struct qed_opener *o, const char *name, unsigned flags,
 static void
 test_opener (void)
 {
-  unsigned char base_bytes[SIZE / 2];
+  static unsigned char base_bytes[SIZE / 2];
   struct names n = { 0 };
   struct qed_opener opener = {
     .resolve = names_resolve, .open = names_open, .opaque = &n,
