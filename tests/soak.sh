@@ -931,7 +931,7 @@ make_image ()
 check_image ()
 {
     local dir=$1 img=$1/disk.qed status=0 qemu="0 0" ours qemu_too=0
-    ! qemu_opens "$2" "$3" || qemu_too=1
+    if qemu_opens "$2" "$3"; then qemu_too=1; fi
     if [ $qemu_too = 1 ]; then
         qemu-img check --output=json -f qed "$img" > "$dir/check.json" \
             2>&1 || status=$?
