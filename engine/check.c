@@ -33,13 +33,11 @@
 
 #include <config.h>
 
-#include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cleanup.h"
 #include "internal.h"
 
 #define CHECK_WINDOW (UINT64_C (1) << 28)      /* clusters: a 32 MiB bitmap */
@@ -53,7 +51,6 @@ qed_set_check_window (uint64_t clusters)
 {
   check_window = clusters ? clusters : CHECK_WINDOW;
 }
-#define CHUNK_ENTRIES 8192u                     /* entries read at once */
 
 /* What a walk over the L1 table does with each entry. */
 enum phase {
@@ -79,7 +76,6 @@ struct checker {
   uint64_t alloc_end;           /* where repair puts copies */
   uint64_t copy_budget;         /* bytes repair may still copy */
   bool budget_spent;
-  char *copy_buf;               /* one cluster */
 };
 
 /* Mark n clusters from host.  Returns how many were marked before
@@ -139,8 +135,6 @@ count_corruptions (struct checker *ck, uint64_t n, bool fixed)
 static int
 copy_to_end (struct checker *ck, uint64_t from, uint64_t len, uint64_t *to)
 {
-  struct qed_file *f = ck->img->file;
-  uint64_t cs = ck->img->cluster_size;
   int r;
 
   if (len > ck->copy_budget) {
@@ -153,53 +147,10 @@ copy_to_end (struct checker *ck, uint64_t from, uint64_t len, uint64_t *to)
     return 0;
   }
   ck->copy_budget -= len;
-  if (ck->copy_buf == NULL && (ck->copy_buf = malloc (cs)) == NULL)
-    return -ENOMEM;
   *to = ck->alloc_end;
-  for (uint64_t done = 0; done < len; done += cs) {
-    if ((r = f->ops->pread (f, ck->copy_buf, cs, from + done)) < 0 ||
-        (r = f->ops->pwrite (f, ck->copy_buf, cs, *to + done)) < 0) {
-      qed_error ("%s: repair: copying a cluster from 0x%" PRIx64 ": %s",
-                 image_name (ck->img), from + done, strerror (-r));
-      return r;
-    }
-  }
-  ck->alloc_end += len;
-  return 0;
-}
-
-/* Write back a chunk of table entries the repair changed.  Copies it
- * points at are flushed first, so no entry reaches the disk before the
- * data it points at.
- */
-static int
-write_chunk (struct checker *ck, uint64_t host, uint64_t *entries, size_t n)
-{
-  struct qed_file *f = ck->img->file;
-  int r = f->ops->flush (f);
-
-  for (size_t i = 0; i < n; i++)
-    entries[i] = htole64 (entries[i]);
-  if (r == 0)
-    r = f->ops->pwrite (f, entries, n * 8, host);
-  for (size_t i = 0; i < n; i++)
-    entries[i] = le64toh (entries[i]);
-  if (r < 0)
-    qed_error ("%s: repair: writing table entries at 0x%" PRIx64 ": %s",
-               image_name (ck->img), host, strerror (-r));
-  return r;
-}
-
-static int
-read_chunk (struct checker *ck, uint64_t host, uint64_t *entries, size_t n)
-{
-  struct qed_file *f = ck->img->file;
-  int r = f->ops->pread (f, entries, n * 8, host);
-
-  if (r < 0)
+  if ((r = copy_host (ck->img, from, *to, len)) < 0)
     return r;
-  for (size_t i = 0; i < n; i++)
-    entries[i] = le64toh (entries[i]);
+  ck->alloc_end += len;
   return 0;
 }
 
@@ -218,8 +169,10 @@ invalid_entry (struct checker *ck, uint64_t *entry, bool *changed)
 
 /* Check one L2 table entry. */
 static int
-check_data_entry (struct checker *ck, uint64_t *entry, bool *changed)
+check_data_entry (void *opaque, uint64_t index, uint64_t *entry,
+                  bool *changed)
 {
+  struct checker *ck = opaque;
   uint64_t copy;
   int r;
 
@@ -245,45 +198,13 @@ check_data_entry (struct checker *ck, uint64_t *entry, bool *changed)
   return 0;
 }
 
-/* Apply fn to each entry of the table of nelems entries at host, a
- * chunk at a time, and write back the chunks it changed.  A chunk that
- * cannot be read ends the walk with *unreadable set.
- */
-static int
-walk_table (struct checker *ck, uint64_t host, uint64_t nelems,
-            int (*fn) (struct checker *ck, uint64_t *entry, bool *changed),
-            bool *unreadable)
-{
-  CLEANUP_FREE uint64_t *entries = malloc (CHUNK_ENTRIES * 8);
-  int r;
-
-  *unreadable = false;
-  if (entries == NULL)
-    return -ENOMEM;
-  for (uint64_t i = 0; i < nelems; i += CHUNK_ENTRIES) {
-    size_t n = nelems - i < CHUNK_ENTRIES ? nelems - i : CHUNK_ENTRIES;
-    bool changed = false;
-
-    if ((r = read_chunk (ck, host + i * 8, entries, n)) < 0) {
-      *unreadable = true;
-      return r;
-    }
-    for (size_t j = 0; j < n; j++)
-      if ((r = fn (ck, &entries[j], &changed)) < 0)
-        return r;
-    if (changed && (r = write_chunk (ck, host + i * 8, entries, n)) < 0)
-      return r;
-  }
-  return 0;
-}
-
 /* An L2 table that cannot be read is a check error (counted once). */
 static int
 check_l2_table (struct checker *ck, uint64_t table)
 {
   bool unreadable;
-  int r = walk_table (ck, table, ck->img->table_bytes / 8, check_data_entry,
-                      &unreadable);
+  int r = table_walk (ck->img, table, 0, ck->img->table_bytes / 8,
+                      check_data_entry, ck, &unreadable);
 
   if (unreadable) {
     if (ck->first_pass)
@@ -324,8 +245,9 @@ settle_table (struct checker *ck, uint64_t *entry, bool *changed)
 
 /* Check one L1 entry (in this walk's phase). */
 static int
-check_l1_entry (struct checker *ck, uint64_t *entry, bool *changed)
+check_l1_entry (void *opaque, uint64_t index, uint64_t *entry, bool *changed)
 {
+  struct checker *ck = opaque;
   int r;
 
   if (*entry == 0)
@@ -347,8 +269,8 @@ walk_l1 (struct checker *ck)
 {
   struct qed_image *img = ck->img;
   bool unreadable;
-  int r = walk_table (ck, img->header.l1_table_offset, img->table_bytes / 8,
-                      check_l1_entry, &unreadable);
+  int r = table_walk (img, img->header.l1_table_offset, 0,
+                      img->table_bytes / 8, check_l1_entry, ck, &unreadable);
 
   if (unreadable)
     qed_error ("%s: check: reading the L1 table: %s", image_name (img),
@@ -448,41 +370,6 @@ truncate_leaks (struct checker *ck)
   return 0;
 }
 
-/* After a repair the tables on disk changed: reload what is cached.
- * New L2 tables that earlier failed writes left unlinked go too: the
- * repair may have truncated their space, and allocation starts again
- * from the end of the file.  Allocates nothing (table_load_l1 reuses
- * the arrays), so that a repair out of memory can still reload.
- */
-static int
-reload (struct qed_image *img)
-{
-  struct pending_table *pt, *next;
-  uint64_t size;
-  int r = img->file->ops->get_size (img->file, &size);
-
-  if (r < 0)
-    return r;
-  table_lock (img);
-  for (pt = img->pending; pt; pt = next) {
-    next = pt->next;
-    for (size_t i = 0; i < pt->nslices; i++)
-      slice_put (img, pt->slices[i]);
-    free (pt->slices);
-    free (pt);
-  }
-  img->pending = NULL;
-  img->alloc_end = img->open_end = cluster_start (img, size);
-  free (img->failed);
-  img->failed = NULL;
-  img->nfailed = 0;
-  img->sparse_from = img->file_end = size;
-  new_links_free (&img->new_links);
-  l2_cache_drop_all (&img->cache);
-  table_unlock (img);
-  return table_load_l1 (img);
-}
-
 int
 check_image (struct qed_image *img, bool repair,
              struct qed_check_result *res)
@@ -528,7 +415,7 @@ check_image (struct qed_image *img, bool repair,
     if (r == 0 && (res->corruptions_fixed || res->leaks_fixed))
       r = img->file->ops->flush (img->file);
     if (r == 0)
-      r = reload (img);
+      r = image_reload (img);
   }
   if (r == 0)
     r = img->file->ops->get_size (img->file, &res->image_end);
@@ -539,9 +426,8 @@ check_image (struct qed_image *img, bool repair,
    * the disk no longer links.
    */
   if (r < 0 && repair)
-    reload (img);
+    image_reload (img);
   free (ck.bitmap);
-  free (ck.copy_buf);
   return r;
 }
 
@@ -553,8 +439,10 @@ check_image (struct qed_image *img, bool repair,
  * chunks, without the cache.
  */
 static int
-count_past_end (struct checker *ck, uint64_t *entry, bool *changed)
+count_past_end (void *opaque, uint64_t index, uint64_t *entry, bool *changed)
 {
+  struct checker *ck = opaque;
+
   if (*entry > QED_ENTRY_ZERO && *entry >= ck->img->open_end)
     ck->past_end++;
   return 0;
@@ -580,7 +468,7 @@ count_entries_past_end (struct qed_image *img, uint64_t *count)
     }
     if (l1_entry_is_bad (img, l1i))
       continue;                 /* invalid for good: not walked */
-    r = walk_table (&ck, table, img->table_bytes / 8, count_past_end,
+    r = table_walk (img, table, 0, img->table_bytes / 8, count_past_end, &ck,
                     &unreadable);
     if (unreadable)
       qed_error ("%s: reading L2 table at 0x%" PRIx64 ": %s",

@@ -238,10 +238,11 @@ struct qed_image {
   pthread_cond_t commit_done;   /* a batch is committed, the token free */
   pthread_t lock_owner, token_owner;  /* for the assertions */
 
-  /* Under the table lock (check's reload, alone with the gate closed,
+  /* Under the table lock (image_reload, alone with the gate closed,
    * reads the L1 table into l1, l1_bad and tables without it).
    */
   uint64_t *l1;                 /* l1_entries, CPU order */
+  uint64_t l1_capacity;         /* entries the three arrays can hold */
   uint64_t *l1_bad;             /* bitmap of invalid entries */
   uint64_t *tables;             /* sorted host offsets of linked L2 tables */
   size_t ntables;
@@ -361,8 +362,13 @@ file_lock (struct qed_file *f, enum qed_lock_mode mode)
 const char *image_name (const struct qed_image *img);
 
 /* table.c: L1 and L2 tables on disk. */
+/* Make the L1 arrays (l1, l1_bad, tables) hold entries (table_load_l1
+ * does it at open; a resize before it grows the disk).
+ */
+int table_reserve_l1 (struct qed_image *img, uint64_t entries);
 int table_load_l1 (struct qed_image *img);
 bool l1_entry_is_bad (const struct qed_image *img, uint32_t index);
+bool l1_entry_valid (const struct qed_image *img, uint64_t entry);
 bool data_entry_valid (const struct qed_image *img, uint64_t entry,
                        uint64_t slice_key, unsigned index);
 int table_read_slice (struct qed_image *img, struct l2_slice *s);
@@ -371,6 +377,18 @@ int table_write_entries (struct qed_image *img, uint64_t host,
                          const uint64_t *entries, size_t n);
 void tables_index_add (struct qed_image *img, uint64_t host);
 int header_write (struct qed_image *img);
+/* Apply fn to entries [first, end) of the table at host table, straight
+ * from the file, a chunk at a time; fn gets each entry's index, may
+ * change the entry and then sets *changed.  Changed chunks are written
+ * back, after a flush (so that copies fn made are durable before the
+ * entries pointing at them).  A chunk that cannot be read ends the
+ * walk with *unreadable set.  Called holding the commit token.
+ */
+typedef int (*table_entry_fn) (void *opaque, uint64_t index, uint64_t *entry,
+                               bool *changed);
+int table_walk (struct qed_image *img, uint64_t table, uint64_t first,
+                uint64_t end, table_entry_fn fn, void *opaque,
+                bool *unreadable);
 
 /* lookup.c */
 /* 0 if [offset, offset + count) lies inside the virtual disk, else
@@ -399,6 +417,11 @@ int image_read (struct qed_image *img, void *buf, uint64_t count,
                 uint64_t offset);
 int image_flush (struct qed_image *img);
 int write_zeros (struct qed_image *img, uint64_t host, uint64_t count);
+/* Copy count bytes of the file from host from to host to (the ranges
+ * must not overlap).
+ */
+int copy_host (struct qed_image *img, uint64_t from, uint64_t to,
+               uint64_t count);
 
 /* dirty.c: NEED_CHECK. */
 int need_check_set (struct qed_image *img);
@@ -420,6 +443,17 @@ int image_open (struct qed_file *file, const char *path,
                 const struct qed_open_options *opts, unsigned depth,
                 const uint64_t *chain_ids, size_t nids,
                 struct qed_image **imgp);
+/* Have the image to ourselves: close the gate (waiting for the requests
+ * inside, holding new ones back) and take the commit token (keeping the
+ * background thread out); and give it back.
+ */
+void whole_image_begin (struct qed_image *img);
+void whole_image_end (struct qed_image *img);
+/* After the tables on disk changed under the caller (a repair, a
+ * resize), with the image to itself: make what memory holds of them
+ * (L1 table, cached slices, allocator) follow the disk again.
+ */
+int image_reload (struct qed_image *img);
 
 /* check.c: called with the gate closed and the commit token held. */
 int check_image (struct qed_image *img, bool repair,

@@ -111,10 +111,7 @@ read_header (struct qed_image *img, uint64_t file_size)
   return 0;
 }
 
-/* Have the image to ourselves: no request inside, none let in, the
- * background thread kept out.
- */
-static void
+void
 whole_image_begin (struct qed_image *img)
 {
   gate_close (&img->gate);
@@ -123,7 +120,7 @@ whole_image_begin (struct qed_image *img)
   table_unlock (img);
 }
 
-static void
+void
 whole_image_end (struct qed_image *img)
 {
   table_lock (img);
@@ -367,6 +364,40 @@ qed_image_check (struct qed_image *img, bool repair,
   return r;
 }
 
+/* New L2 tables that earlier failed writes left unlinked go too: the
+ * change may have truncated their space, and allocation starts again
+ * from the end of the file.  Allocates nothing (table_load_l1 reuses
+ * the arrays), so that a repair out of memory can still reload.
+ */
+int
+image_reload (struct qed_image *img)
+{
+  struct pending_table *pt, *next;
+  uint64_t size;
+  int r = img->file->ops->get_size (img->file, &size);
+
+  if (r < 0)
+    return r;
+  table_lock (img);
+  for (pt = img->pending; pt; pt = next) {
+    next = pt->next;
+    for (size_t i = 0; i < pt->nslices; i++)
+      slice_put (img, pt->slices[i]);
+    free (pt->slices);
+    free (pt);
+  }
+  img->pending = NULL;
+  img->alloc_end = img->open_end = cluster_start (img, size);
+  free (img->failed);
+  img->failed = NULL;
+  img->nfailed = 0;
+  img->sparse_from = img->file_end = size;
+  new_links_free (&img->new_links);
+  l2_cache_drop_all (&img->cache);
+  table_unlock (img);
+  return table_load_l1 (img);
+}
+
 bool
 qed_image_is_writable (const struct qed_image *img)
 {
@@ -392,7 +423,10 @@ qed_image_close (struct qed_image *img)
 uint64_t
 qed_image_size (const struct qed_image *img)
 {
-  return img->header.image_size;
+  /* A resize may change it meanwhile (requests read it inside the
+   * gate, which orders them after the resize).
+   */
+  return __atomic_load_n (&img->header.image_size, __ATOMIC_ACQUIRE);
 }
 
 uint32_t

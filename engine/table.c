@@ -10,7 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cleanup.h"
 #include "internal.h"
+
+/* Entries table_walk reads and writes at once. */
+#define WALK_CHUNK_ENTRIES 8192u
 
 static bool
 overlaps (uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
@@ -21,7 +25,7 @@ overlaps (uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
 /* Would an L2 table at host fit where the format allows one?  Tables
  * are validated against the file size at open (alloc_end then).
  */
-static bool
+bool
 l1_entry_valid (const struct qed_image *img, uint64_t entry)
 {
   return entry % img->cluster_size == 0 &&
@@ -39,23 +43,43 @@ compare_u64 (const void *a, const void *b)
 }
 
 int
+table_reserve_l1 (struct qed_image *img, uint64_t entries)
+{
+  size_t n = entries ? entries : 1, bad_words = entries / 64 + 1;
+  uint64_t *l1, *tables, *bad;
+
+  if (entries <= img->l1_capacity && img->l1 != NULL)
+    return 0;
+  /* Each array is kept as soon as it has grown: the old contents stay
+   * valid, and the capacity counts only when all three have.
+   */
+  if ((l1 = realloc (img->l1, n * sizeof *l1)) == NULL)
+    return -ENOMEM;
+  img->l1 = l1;
+  if ((tables = realloc (img->tables, n * sizeof *tables)) == NULL)
+    return -ENOMEM;
+  img->tables = tables;
+  if ((bad = realloc (img->l1_bad, bad_words * sizeof *bad)) == NULL)
+    return -ENOMEM;
+  img->l1_bad = bad;
+  img->l1_capacity = entries;
+  return 0;
+}
+
+int
 table_load_l1 (struct qed_image *img)
 {
   size_t n = img->l1_entries, bad_words = n / 64 + 1;  /* never 0 */
   uint64_t nbad = 0;
   int r;
 
-  /* Allocated once, at open, with the bitmap of bad entries too: a
-   * reload after a repair reuses them, so that it cannot run out of
-   * memory after the repair changed the tables on disk.
+  /* Allocated at open (and grown by a resize before it changes
+   * anything), with the bitmap of bad entries too: a reload after a
+   * repair reuses them, so that it cannot run out of memory after the
+   * repair changed the tables on disk.
    */
-  if (img->l1 == NULL) {
-    img->l1 = calloc (n ? n : 1, sizeof *img->l1);
-    img->tables = calloc (n ? n : 1, sizeof *img->tables);
-    img->l1_bad = calloc (bad_words, sizeof *img->l1_bad);
-    if (img->l1 == NULL || img->tables == NULL || img->l1_bad == NULL)
-      return -ENOMEM;
-  }
+  if ((r = table_reserve_l1 (img, n)) < 0)
+    return r;
   memset (img->l1_bad, 0, bad_words * sizeof *img->l1_bad);
   r = img->file->ops->pread (img->file, img->l1, n * 8,
                              img->header.l1_table_offset);
@@ -191,6 +215,69 @@ table_write_entries (struct qed_image *img, uint64_t host,
     qed_error ("%s: writing table entries at 0x%" PRIx64 ": %s",
                image_name (img), host, strerror (-r));
   return r;
+}
+
+static int
+read_chunk (struct qed_image *img, uint64_t host, uint64_t *entries, size_t n)
+{
+  int r = img->file->ops->pread (img->file, entries, n * 8, host);
+
+  if (r < 0)
+    return r;
+  for (size_t i = 0; i < n; i++)
+    entries[i] = le64toh (entries[i]);
+  return 0;
+}
+
+/* Write back a chunk of entries the walk's function changed.  Clusters
+ * they now point at (copies the function made) are flushed first, so
+ * no entry reaches the disk before the data it points at.
+ */
+static int
+write_chunk (struct qed_image *img, uint64_t host, uint64_t *entries,
+             size_t n)
+{
+  struct qed_file *f = img->file;
+  int r = f->ops->flush (f);
+
+  for (size_t i = 0; i < n; i++)
+    entries[i] = htole64 (entries[i]);
+  if (r == 0)
+    r = f->ops->pwrite (f, entries, n * 8, host);
+  for (size_t i = 0; i < n; i++)
+    entries[i] = le64toh (entries[i]);
+  if (r < 0)
+    qed_error ("%s: writing table entries at 0x%" PRIx64 ": %s",
+               image_name (img), host, strerror (-r));
+  return r;
+}
+
+int
+table_walk (struct qed_image *img, uint64_t table, uint64_t first,
+            uint64_t end, table_entry_fn fn, void *opaque, bool *unreadable)
+{
+  CLEANUP_FREE uint64_t *entries = malloc (WALK_CHUNK_ENTRIES * 8);
+  int r;
+
+  token_assert_held (img);
+  *unreadable = false;
+  if (entries == NULL)
+    return -ENOMEM;
+  for (uint64_t i = first; i < end; i += WALK_CHUNK_ENTRIES) {
+    size_t n = end - i < WALK_CHUNK_ENTRIES ? end - i : WALK_CHUNK_ENTRIES;
+    bool changed = false;
+
+    if ((r = read_chunk (img, table + i * 8, entries, n)) < 0) {
+      *unreadable = true;
+      return r;
+    }
+    for (size_t j = 0; j < n; j++)
+      if ((r = fn (opaque, i + j, &entries[j], &changed)) < 0)
+        return r;
+    if (changed && (r = write_chunk (img, table + i * 8, entries, n)) < 0)
+      return r;
+  }
+  return 0;
 }
 
 int

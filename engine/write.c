@@ -50,11 +50,34 @@ pwrite_logged (struct qed_image *img, const void *buf, uint64_t count,
   return r;
 }
 
-/* Copy-on-write goes through a buffer of at most this many bytes, so
- * that memory does not grow with the cluster size times the requests
- * in flight.
+/* Copies (copy-on-write, and moving clusters in the file) go through
+ * a buffer of at most this many bytes, so that memory does not grow
+ * with the cluster size times the requests in flight.
  */
 #define FILL_CHUNK (1024 * 1024)
+
+int
+copy_host (struct qed_image *img, uint64_t from, uint64_t to, uint64_t count)
+{
+  CLEANUP_FREE char *buf = malloc (count < FILL_CHUNK ? count : FILL_CHUNK);
+  int r = 0;
+
+  if (buf == NULL)
+    return -ENOMEM;
+  for (uint64_t done = 0; r == 0 && done < count; ) {
+    size_t n = count - done < FILL_CHUNK ? count - done : FILL_CHUNK;
+
+    r = img->file->ops->pread (img->file, buf, n, from + done);
+    if (r == 0)
+      r = img->file->ops->pwrite (img->file, buf, n, to + done);
+    if (r < 0)
+      qed_error ("%s: copying %" PRIu64 " bytes from 0x%" PRIx64 " to 0x%"
+                 PRIx64 ": %s", image_name (img), count, from, to,
+                 strerror (-r));
+    done += n;
+  }
+  return r;
+}
 
 static bool
 is_zero (const char *p, size_t n)
