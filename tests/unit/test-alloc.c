@@ -60,7 +60,7 @@ file_size (struct memfile *mf)
 
 /* The geometry, from the header in the file. */
 struct geom {
-  uint64_t cluster, table, nelems, l1n, first;
+  uint64_t cluster, table, nelems, l1n;
 };
 
 static void
@@ -75,7 +75,6 @@ file_geom (struct memfile *mf, struct geom *g)
   g->nelems = g->table * g->cluster / 8;
   span = g->nelems * g->cluster;
   g->l1n = (h.image_size + span - 1) / span;
-  g->first = h.l1_table_offset + g->table * g->cluster;
   CHECK (h.l1_table_offset == g->cluster);
 }
 
@@ -110,62 +109,10 @@ l2_entry (struct memfile *mf, uint64_t vc)
   return get64 (p + table + (vc % g.nelems) * 8);
 }
 
-static int
-compare_u64 (const void *a, const void *b)
-{
-  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
-  return x < y ? -1 : x > y;
-}
-
-/* Every table and data cluster is aligned, after the L1 table, wholly
+/* Every table and data cluster is aligned, after the header, wholly
  * inside the file, and referenced once.
  */
-static void
-check_layout_at (int line, struct memfile *mf)
-{
-  struct geom g;
-  size_t size;
-  const unsigned char *p = memfile_data (mf, &size);
-  uint64_t *used;
-  size_t nused = 0;
-
-  file_geom (mf, &g);
-  used = malloc ((g.l1n * (g.nelems + g.table) + 1) * sizeof *used);
-  CHECK (used != NULL);
-  for (uint64_t i = 0; i < g.l1n; i++) {
-    uint64_t t = l1_entry (mf, i);
-    if (t == 0)
-      continue;
-    if (t % g.cluster || t < g.first || t + g.table * g.cluster > size) {
-      fprintf (stderr, "line %d: L1 entry %" PRIu64 " = 0x%" PRIx64
-               " is invalid (file size %zu)\n", line, i, t, size);
-      exit (EXIT_FAILURE);
-    }
-    for (unsigned k = 0; k < g.table; k++)
-      used[nused++] = t + k * g.cluster;
-    for (uint64_t j = 0; j < g.nelems; j++) {
-      uint64_t e = get64 (p + t + j * 8);
-      if (e <= QED_ENTRY_ZERO)
-        continue;
-      if (e % g.cluster || e < g.first || e + g.cluster > size) {
-        fprintf (stderr, "line %d: L2 entry of cluster %" PRIu64 " = 0x%"
-                 PRIx64 " is invalid (file size %zu)\n", line,
-                 i * g.nelems + j, e, size);
-        exit (EXIT_FAILURE);
-      }
-      used[nused++] = e;
-    }
-  }
-  qsort (used, nused, sizeof *used, compare_u64);
-  for (size_t i = 1; i < nused; i++)
-    if (used[i] == used[i - 1]) {
-      fprintf (stderr, "line %d: cluster 0x%" PRIx64 " is referenced"
-               " twice\n", line, used[i]);
-      exit (EXIT_FAILURE);
-    }
-  free (used);
-}
-#define check_layout(mf) check_layout_at (__LINE__, mf)
+#define check_layout(mf) test_check_layout (mf)
 
 static void
 write_clusters (struct memfile *mf, struct qed_image *img, uint64_t vc,

@@ -4,6 +4,7 @@
 
 #include <config.h>
 
+#include <endian.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -210,4 +211,79 @@ test_model_check_except_at (int line, const unsigned char *model,
       }
   }
   free (buf);
+}
+
+static uint64_t
+get64 (const unsigned char *p)
+{
+  uint64_t v;
+  memcpy (&v, p, 8);
+  return le64toh (v);
+}
+
+static int
+compare_u64 (const void *a, const void *b)
+{
+  uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+  return x < y ? -1 : x > y;
+}
+
+#define LAYOUT_FAIL(...)                                                \
+  do {                                                                  \
+    fprintf (stderr, "line %d: ", line);                                \
+    fprintf (stderr, __VA_ARGS__);                                      \
+    fprintf (stderr, " (file size %zu)\n", size);                       \
+    exit (EXIT_FAILURE);                                                \
+  } while (0)
+
+uint64_t
+test_check_layout_at (int line, struct memfile *mf)
+{
+  size_t size, nused = 0, alloc = 64;
+  const unsigned char *p = memfile_data (mf, &size);
+  struct qed_header h;
+  uint64_t cs, tbytes, nelems, first, *used = malloc (alloc * 8);
+
+  CHECK (used != NULL && size >= QED_HEADER_STRUCT_SIZE);
+  qed_header_decode (p, &h);
+  cs = h.cluster_size;
+  tbytes = (uint64_t) h.table_size * cs;
+  nelems = tbytes / 8;
+  first = (uint64_t) h.header_size * cs;
+
+/* Record n clusters from host, after checking where they lie. */
+#define USE(host, n, what, index)                                       \
+  do {                                                                  \
+    if ((host) % cs || (host) < first || (host) + (n) * cs > size)      \
+      LAYOUT_FAIL ("%s %" PRIu64 " = 0x%" PRIx64 " is invalid",         \
+                   what, (uint64_t) (index), (uint64_t) (host));        \
+    for (uint64_t k_ = 0; k_ < (n); k_++) {                             \
+      if (nused == alloc && (used = realloc (used, (alloc *= 2) * 8))   \
+          == NULL)                                                      \
+        abort ();                                                       \
+      used[nused++] = (host) + k_ * cs;                                 \
+    }                                                                   \
+  } while (0)
+
+  USE (h.l1_table_offset, h.table_size, "the L1 table at", 0);
+  for (uint64_t i = 0; i < nelems; i++) {
+    uint64_t t = get64 (p + h.l1_table_offset + i * 8);
+
+    if (t == 0)
+      continue;
+    USE (t, h.table_size, "L1 entry", i);
+    for (uint64_t j = 0; j < nelems; j++) {
+      uint64_t e = get64 (p + t + j * 8);
+
+      if (e > QED_ENTRY_ZERO)
+        USE (e, 1, "L2 entry of cluster", i * nelems + j);
+    }
+  }
+#undef USE
+  qsort (used, nused, sizeof *used, compare_u64);
+  for (size_t i = 1; i < nused; i++)
+    if (used[i] == used[i - 1])
+      LAYOUT_FAIL ("cluster 0x%" PRIx64 " is referenced twice", used[i]);
+  free (used);
+  return h.header_size + nused;
 }

@@ -59,6 +59,15 @@ struct memfile *test_new_image (uint64_t size, uint32_t cluster_size,
 /* Set NEED_CHECK in the image's header, as a crash would leave it. */
 void test_set_need_check (struct memfile *mf);
 
+/* The image's tables parsed from the file, not through the engine:
+ * fails the test unless the L1 table, every table it points at and
+ * every data cluster they point at (past the end of the disk too) is
+ * aligned, after the header, wholly inside the file and referenced
+ * once.  Returns the number of clusters in use (with the header's).
+ */
+uint64_t test_check_layout_at (int line, struct memfile *mf);
+#define test_check_layout(mf) test_check_layout_at (__LINE__, mf)
+
 /* Open the image in a memfile read-write, or fail the test. */
 struct qed_image *test_open_image (struct memfile *mf);
 
