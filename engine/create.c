@@ -38,9 +38,7 @@ qed_create_file (struct qed_file *file, const struct qed_create_options *opts)
                QED_MAX_TABLE_SIZE);
     return -EINVAL;
   }
-  max = qed_max_image_size (h.cluster_size, h.table_size);
-  if (max > INT64_MAX)
-    max = INT64_MAX - 511;
+  max = qed_image_size_limit (h.cluster_size, h.table_size);
   if (opts->size > max) {
     qed_error ("size %" PRIu64 " is too large: at most %" PRIu64 " with"
                " these cluster and table sizes", opts->size, max);

@@ -82,6 +82,14 @@ is_power_of_2 (uint64_t v)
   return v != 0 && (v & (v - 1)) == 0;
 }
 
+uint64_t
+qed_image_size_limit (uint32_t cluster_size, uint32_t table_size)
+{
+  uint64_t max = qed_max_image_size (cluster_size, table_size);
+
+  return max > INT64_MAX ? INT64_MAX - 511 : max;
+}
+
 bool
 qed_cluster_size_valid (uint32_t cluster_size)
 {
@@ -141,9 +149,7 @@ qed_header_validate (const struct qed_header *h, uint64_t file_size,
   if (h->image_size % 512 != 0)
     FAIL (-EINVAL, "invalid image_size %" PRIu64
           " (not a multiple of 512)", h->image_size);
-  max_size = qed_max_image_size (h->cluster_size, h->table_size);
-  if (max_size > INT64_MAX)     /* what QEMU and NBD can address */
-    max_size = INT64_MAX - 511;
+  max_size = qed_image_size_limit (h->cluster_size, h->table_size);
   if (h->image_size > max_size)
     FAIL (-EINVAL, "invalid image_size %" PRIu64
           " (larger than %" PRIu64 ", the maximum for this cluster_size"

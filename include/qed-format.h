@@ -58,6 +58,11 @@ void qed_header_encode (const struct qed_header *h,
  * UINT64_MAX instead of overflowing.
  */
 uint64_t qed_max_image_size (uint32_t cluster_size, uint32_t table_size);
+/* The largest image_size accepted (when opening, creating, resizing):
+ * qed_max_image_size, capped where QEMU and NBD stop (offsets are
+ * signed 64-bit numbers) at a multiple of 512.
+ */
+uint64_t qed_image_size_limit (uint32_t cluster_size, uint32_t table_size);
 
 bool qed_cluster_size_valid (uint32_t cluster_size);
 bool qed_table_size_valid (uint32_t table_size);
