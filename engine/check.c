@@ -10,16 +10,16 @@
  *
  * Repair clears invalid entries, gives the second referrer of a shared
  * cluster a copy of its own (so that every entry reads what it read
- * before), truncates leaked clusters at the end of the file and clears
- * NEED_CHECK.  It settles the tables first, in every window, and then
- * walks their entries, so that a copied table is walked like any other
- * and no table is copied after entries in it pointed at copies (a
- * table shared from outside the first window would otherwise be walked
- * twice as one, and both its referrers end up with the same copies of
- * its clusters).  It copies at
- * most as many bytes as the file had (a hostile image can point
- * thousands of entries at one table), then clears the remaining
- * entries that share clusters.
+ * before), truncates leaked clusters at the end of the file, moves
+ * clusters into the leaks left in the middle (compact in relocate.c)
+ * and clears NEED_CHECK.  It settles the tables first, in every window,
+ * and then walks their entries, so that a copied table is walked like
+ * any other and no table is copied after entries in it pointed at
+ * copies (a table shared from outside the first window would otherwise
+ * be walked twice as one, and both its referrers end up with the same
+ * copies of its clusters).  It copies at most as many bytes as the file
+ * had (a hostile image can point thousands of entries at one table),
+ * then clears the remaining entries that share clusters.
  *
  * The bitmap covers at most check_window clusters.  A larger file is
  * checked in several passes over the tables, one per window up to the
@@ -40,7 +40,6 @@
 
 #include "internal.h"
 
-#define CHECK_WINDOW (UINT64_C (1) << 28)      /* clusters: a 32 MiB bitmap */
 #define CHECK_MAX_PASSES 64
 
 /* Tests make it small (qed_set_check_window). */
@@ -346,6 +345,30 @@ all_passes (struct checker *ck, uint64_t nclusters)
   return 0;
 }
 
+int
+check_mark_referenced (struct qed_image *img, uint64_t nclusters,
+                       uint64_t *bitmap)
+{
+  struct qed_check_result res = { 0 };
+  struct checker ck = {
+    .img = img, .res = &res, .first_pass = true, .bitmap = bitmap,
+    .win_end = nclusters, .file_end = nclusters << img->cluster_bits,
+    .used_end = img->header_bytes,
+  };
+  int r;
+
+  token_assert_held (img);
+  ck.file_size = ck.alloc_end = ck.file_end;
+  r = check_pass (&ck);
+  if (r == 0 && (res.corruptions || res.check_errors)) {
+    qed_error ("%s: the image has %" PRIu64 " corruptions and %" PRIu64
+               " unreadable tables: check and repair it first",
+               image_name (img), res.corruptions, res.check_errors);
+    r = -EIO;
+  }
+  return r;
+}
+
 /* Give back leaked clusters at the end of the file. */
 static int
 truncate_leaks (struct checker *ck)
@@ -367,6 +390,31 @@ truncate_leaks (struct checker *ck)
   }
   ck->res->leaks -= leaked;
   ck->res->leaks_fixed += leaked;
+  return 0;
+}
+
+/* Leaks left in the middle of the file: move clusters into them. */
+static int
+compact_leaks (struct checker *ck)
+{
+  struct qed_image *img = ck->img;
+  const char *why_not;
+  uint64_t size, freed;
+  int r;
+
+  if (ck->res->leaks == 0 || ck->res->corruptions || ck->res->check_errors)
+    return 0;
+  if ((r = img->file->ops->get_size (img->file, &size)) < 0)
+    return r;
+  if ((why_not = compact_impossible (img, size)) != NULL) {
+    qed_notice ("%s: repair: %" PRIu64 " leaked clusters are left in the"
+                " file: %s", image_name (img), ck->res->leaks, why_not);
+    return 0;
+  }
+  if ((r = compact (img, &freed)) < 0)
+    return r;
+  ck->res->leaks_fixed += ck->res->leaks;
+  ck->res->leaks = 0;
   return 0;
 }
 
@@ -408,7 +456,8 @@ check_image (struct qed_image *img, bool repair,
     res->leaks += nclusters - ck.win_end;
 
   if (repair) {
-    if ((r = truncate_leaks (&ck)) < 0)
+    if ((r = truncate_leaks (&ck)) < 0 ||
+        (r = compact_leaks (&ck)) < 0)
       goto out;
     if (res->corruptions == 0 && res->check_errors == 0)
       r = need_check_clear (img);

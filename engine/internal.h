@@ -33,9 +33,9 @@
  * - pwrite of L1 and L2 entries, of a new table's zeros and of the
  *   header: the commit token;
  * - truncate: the table lock (extend_file), or the gate closed
- *   (repair);
- * - everything else check and repair do, and lock: open, close, or the
- *   gate closed;
+ *   (repair, compaction);
+ * - everything else check, repair and compaction do, and lock: open,
+ *   close, or the gate closed;
  * - flush and get_size: anyone.
  * In debug builds, assertions check the lock and the token at the top
  * of the functions that need them (table_assert_held and friends).
@@ -456,8 +456,30 @@ void whole_image_end (struct qed_image *img);
 int image_reload (struct qed_image *img);
 
 /* check.c: called with the gate closed and the commit token held. */
+/* The check's bitmaps cover at most this many clusters (32 MiB). */
+#define CHECK_WINDOW (UINT64_C (1) << 28)
 int check_image (struct qed_image *img, bool repair,
                  struct qed_check_result *result);
 int count_entries_past_end (struct qed_image *img, uint64_t *count);
+/* Set the bit of each of the file's first nclusters clusters (at most
+ * CHECK_WINDOW) that the L1 table or an L2 table is, or that an entry
+ * references, in bitmap ((nclusters + 63) / 64 words).  -EIO, logged,
+ * if the image is not consistent (an invalid entry, a cluster
+ * referenced twice, an unreadable table).
+ */
+int check_mark_referenced (struct qed_image *img, uint64_t nclusters,
+                           uint64_t *bitmap);
+
+/* relocate.c: called with the gate closed and the commit token held. */
+/* NULL if a file of file_size bytes can be compacted, else why not. */
+const char *compact_impossible (const struct qed_image *img,
+                                uint64_t file_size);
+/* Move the clusters in use into the clusters nothing references below
+ * them and cut the file after the last: no leaks are left.  *freed:
+ * the clusters given back.  The image must be consistent (-EIO
+ * otherwise); its tables in memory must be reloaded after (the L1
+ * table may have moved).
+ */
+int compact (struct qed_image *img, uint64_t *freed);
 
 #endif /* QED_INTERNAL_H */

@@ -171,7 +171,11 @@ struct qed_check_result {
 };
 
 /* Check the image; with repair, also fix what it found (the image must
- * be writable).
+ * be writable).  Repair gives back leaked clusters wherever they are:
+ * those at the end of the file by truncating it, those in the middle
+ * by moving the clusters that lie after them into them first (not for
+ * files of more than 2^28 clusters, nor files that cannot change size:
+ * their leaks stay, and a notice says so).
  */
 int qed_image_check (struct qed_image *img, bool repair,
                      struct qed_check_result *result);

@@ -7,7 +7,8 @@
  * here, so that shared tables and shared clusters in different windows
  * fit in small images.  After a repair every entry reads what it read
  * before, and no two entries share a cluster: a write through one
- * range never shows in another.
+ * range never shows in another.  And no cluster is left unused: the
+ * repair moves clusters into the leaks in the middle of the file.
  */
 
 #include <config.h>
@@ -26,6 +27,16 @@
 #define L1_SPAN ((uint64_t) NELEMS * CLUSTER)   /* 2 MiB */
 #define SIZE (4 * L1_SPAN)
 #define WINDOW 64u                              /* clusters */
+
+static uint64_t
+get64 (struct memfile *mf, uint64_t offset)
+{
+  uint64_t le;
+
+  CHECK_OK (memfile_file (mf)->ops->pread (memfile_file (mf), &le, 8,
+                                           offset));
+  return le64toh (le);
+}
 
 static void
 put64 (struct memfile *mf, uint64_t offset, uint64_t v)
@@ -84,20 +95,26 @@ check_no_alias (struct qed_image *img, const uint64_t *offsets, size_t n)
   }
 }
 
+/* No corruption, and no leak: the file holds the clusters the tables
+ * use (parsed from the file) and nothing else.
+ */
 static void
 check_clean (struct memfile *mf)
 {
   struct qed_image *img = test_open_image (mf);
   struct qed_check_result res;
+  size_t size;
 
-  /* (The hand-made images leave clusters unused: leaks are fine.) */
   CHECK_OK (qed_image_check (img, false, &res));
-  if (res.corruptions || res.check_errors) {
+  if (res.corruptions || res.check_errors || res.leaks) {
     fprintf (stderr, "after repair: %" PRIu64 " corruptions, %" PRIu64
-             " check errors\n", res.corruptions, res.check_errors);
+             " check errors, %" PRIu64 " leaks\n", res.corruptions,
+             res.check_errors, res.leaks);
     exit (EXIT_FAILURE);
   }
   CHECK_OK (qed_image_close (img));
+  memfile_data (mf, &size);
+  CHECK (test_check_layout (mf) * CLUSTER == size);
 }
 
 /* L1 entries 0 and 1 point at one L2 table beyond the first window;
@@ -181,6 +198,57 @@ test_past_end_across_windows (void)
   memfile_free (mf);
 }
 
+/* Leaks in the middle of the file, in an image the engine wrote: a
+ * data cluster and an L2 table (with its clusters) whose entries were
+ * cleared.  The check counts them, the repair moves the clusters after
+ * them into them and truncates the file; everything reads as before.
+ */
+static void
+test_leaks_in_the_middle (void)
+{
+  struct memfile *mf = test_new_image (SIZE, CLUSTER, 1);
+  struct qed_image *img = test_open_image (mf);
+  unsigned char *model = calloc (1, SIZE);
+  struct qed_check_result res;
+  const uint64_t leaked = 1 + 1 + 6;
+  uint64_t table0;
+  size_t size;
+
+  CHECK (model != NULL);
+  for (uint64_t i = 0; i < 3; i++)
+    for (uint64_t j = 0; j < 6; j++)
+      test_model_write (model, img, i * L1_SPAN + j * CLUSTER, CLUSTER,
+                        10 * i + j);
+  CHECK_OK (qed_image_close (img));
+  /* Cluster 2 of range 0, and the table of range 1. */
+  table0 = get64 (mf, CLUSTER);
+  CHECK (get64 (mf, table0 + 2 * 8) > 1 && get64 (mf, CLUSTER + 8) != 0);
+  put64 (mf, table0 + 2 * 8, 0);
+  memset (model + 2 * CLUSTER, 0, CLUSTER);
+  put64 (mf, CLUSTER + 8, 0);
+  memset (model + L1_SPAN, 0, L1_SPAN);
+
+  img = test_open_image (mf);
+  CHECK_OK (qed_image_check (img, false, &res));
+  CHECK (res.leaks == leaked && res.corruptions == 0);
+  CHECK_OK (qed_image_check (img, true, &res));
+  CHECK (res.leaks == 0 && res.leaks_fixed == leaked);
+  memfile_data (mf, &size);
+  CHECK (res.image_end == size);
+  test_model_check (model, SIZE, img);
+  /* Writes land where the clusters moved. */
+  test_model_write (model, img, L1_SPAN + CLUSTER, 2 * CLUSTER, 50);
+  test_model_write (model, img, 5 * CLUSTER, CLUSTER, 51);
+  test_model_check (model, SIZE, img);
+  CHECK_OK (qed_image_close (img));
+  check_clean (mf);
+  img = test_open_image (mf);
+  test_model_check (model, SIZE, img);
+  CHECK_OK (qed_image_close (img));
+  memfile_free (mf);
+  free (model);
+}
+
 int
 main (void)
 {
@@ -189,5 +257,6 @@ main (void)
   test_shared_table_beyond_first_window ();
   test_shared_clusters_across_windows ();
   test_past_end_across_windows ();
+  test_leaks_in_the_middle ();
   return 0;
 }
