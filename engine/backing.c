@@ -172,6 +172,12 @@ backing_close (struct backing *b)
   free (b);
 }
 
+uint64_t
+backing_size (const struct backing *b)
+{
+  return b->size;
+}
+
 /* Bytes of [offset, offset + count) that the backing file has. */
 static uint64_t
 inside (const struct backing *b, uint64_t count, uint64_t offset)

@@ -7,10 +7,11 @@
  *
  * The gate (img->gate, gate.c) keeps requests apart from the calls
  * that change the image as a whole.  Requests pass it shared.
- * qed_image_enable_writes, qed_image_check and qed_image_close close
- * it, which waits for the requests inside and holds new ones back, and
- * take the commit token as well, which keeps the background thread
- * out; so they run alone.
+ * qed_image_enable_writes, qed_image_check, qed_image_resize,
+ * qed_image_make_empty and qed_image_close close it, which waits for
+ * the requests inside and holds new ones back, and take the commit
+ * token as well, which keeps the background thread out; so they run
+ * alone (whole_image_begin in open.c).
  *
  * The table lock (img->lock) guards the fields marked so in struct
  * qed_image: the L1 table, the L2 slice cache, the allocator and the
@@ -33,18 +34,19 @@
  * - pwrite of L1 and L2 entries, of a new table's zeros and of the
  *   header: the commit token;
  * - truncate: the table lock (extend_file), or the gate closed
- *   (repair, compaction);
- * - everything else check, repair and compaction do, and lock: open,
- *   close, or the gate closed;
+ *   (repair, resize, compaction);
+ * - everything else check, repair, resize and compaction do, and lock:
+ *   open, close, or the gate closed;
  * - flush and get_size: anyone.
  * In debug builds, assertions check the lock and the token at the top
  * of the functions that need them (table_assert_held and friends).
  *
  * Mappings only ever grow: an L2 entry goes from unallocated or zero to
- * a data cluster, or from unallocated to zero, never back (outside of
- * repair, which runs with the gate closed).  So once a lookup has seen
- * a data cluster, the request can read or write it in place after
- * dropping the lock.
+ * a data cluster, or from unallocated to zero, never back, and a data
+ * cluster never moves (outside of repair, resize and emptying, which
+ * run with the gate closed and reload the tables in memory after; see
+ * resize.c and relocate.c).  So once a lookup has seen a data cluster,
+ * the request can read or write it in place after dropping the lock.
  *
  * An allocating write reserves clusters at the end of the file and
  * marks the virtual clusters in flight (other writers to them wait),
@@ -217,7 +219,6 @@ struct qed_image {
   uint64_t table_bytes;         /* one L1 or L2 table */
   unsigned table_bits;          /* log2 of entries per table */
   uint64_t header_bytes;
-  uint64_t l1_entries;          /* L1 entries covering the virtual disk */
   enum qed_access access;
   bool no_locking, always_check;
   struct backing *backing;
@@ -226,9 +227,10 @@ struct qed_image {
   /* Change only with the gate closed. */
   bool writable;                /* atomic: read by requests */
   bool writes_impossible;       /* atomic: enable_writes found EROFS */
-  uint64_t sparse_from;         /* file size at open (or repair) */
+  uint64_t sparse_from;         /* file size at open (or reload) */
+  uint64_t l1_entries;          /* L1 entries covering the virtual disk */
   /* features change under the commit token, the rest with the gate
-   * closed.
+   * closed (image_size atomically: qed_image_size reads it outside).
    */
   struct qed_header header;
 
@@ -342,6 +344,15 @@ cluster_offset (const struct qed_image *img, uint64_t offset)
   return offset & (img->cluster_size - 1);
 }
 
+/* The L1 entries that cover a virtual disk of size bytes. */
+static inline uint64_t
+l1_entries_for (const struct qed_image *img, uint64_t size)
+{
+  unsigned bits = img->table_bits + img->cluster_bits;
+
+  return (size >> bits) + ((size & ((UINT64_C (1) << bits) - 1)) != 0);
+}
+
 /* The capabilities a file may lack (see qed-file.h). */
 static inline int
 file_punch (struct qed_file *f, uint64_t offset, uint64_t count)
@@ -417,6 +428,16 @@ int image_read (struct qed_image *img, void *buf, uint64_t count,
                 uint64_t offset);
 int image_flush (struct qed_image *img);
 int write_zeros (struct qed_image *img, uint64_t host, uint64_t count);
+/* Write the data (zeros when buf is NULL) of [offset, offset + count)
+ * into the new clusters of a (reserved by alloc_reserve, or chosen by
+ * the caller holding the image to itself: then only first, count, was
+ * and host are used), and fill the rest of them with what they read
+ * as before: the backing file for unallocated clusters, else zeros.
+ * Zeros are not written where the file did not reach (sparse_from):
+ * the file must be extended over the clusters before they are linked.
+ */
+int write_new_clusters (struct qed_image *img, struct alloc *a,
+                        const void *buf, uint64_t count, uint64_t offset);
 /* Copy count bytes of the file from host from to host to (the ranges
  * must not overlap).
  */
@@ -437,6 +458,8 @@ int backing_read (struct backing *b, void *buf, uint64_t count,
                   uint64_t offset);
 int backing_status (struct backing *b, uint64_t count, uint64_t offset,
                     qed_extent_fn fn, void *opaque);
+/* Its virtual size (of a raw file: its size at open). */
+uint64_t backing_size (const struct backing *b);
 
 /* open.c: opening images, also as backing files. */
 int image_open (struct qed_file *file, const char *path,

@@ -58,7 +58,6 @@ read_header (struct qed_image *img, uint64_t file_size)
   unsigned char buf[QED_HEADER_STRUCT_SIZE];
   struct qed_header *h = &img->header;
   char msg[256];
-  uint64_t span;
   int r;
 
   if (file_size < QED_HEADER_STRUCT_SIZE) {
@@ -83,8 +82,7 @@ read_header (struct qed_image *img, uint64_t file_size)
   img->table_bytes = (uint64_t) h->table_size * h->cluster_size;
   img->table_bits = log2_of (img->table_bytes / 8);
   img->header_bytes = (uint64_t) h->header_size * h->cluster_size;
-  span = UINT64_C (1) << (img->table_bits + img->cluster_bits);
-  img->l1_entries = h->image_size / span + (h->image_size % span != 0);
+  img->l1_entries = l1_entries_for (img, h->image_size);
   img->alloc_end = img->open_end = cluster_start (img, file_size);
   img->sparse_from = img->file_end = file_size;
 

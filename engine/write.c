@@ -132,12 +132,7 @@ fill (struct qed_image *img, const struct alloc *a, uint64_t offset,
   return 0;
 }
 
-/* Write the data (zeros when buf is NULL) of [offset, offset + count)
- * into the allocation's new clusters, and fill the rest of them with
- * what they read as before: the backing file for unallocated clusters,
- * else zeros.
- */
-static int
+int
 write_new_clusters (struct qed_image *img, struct alloc *a,
                     const void *buf, uint64_t count, uint64_t offset)
 {

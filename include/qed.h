@@ -17,8 +17,9 @@
  * - Every function taking an image may be called from any thread at
  *   any time until qed_image_close.  Requests (read, write, zero, trim,
  *   flush, block status) run in parallel; qed_image_enable_writes,
- *   qed_image_check and qed_image_close wait for the requests in
- *   flight, hold new ones back while they run, and run one at a time.
+ *   qed_image_check, qed_image_resize, qed_image_make_empty and
+ *   qed_image_close wait for the requests in flight, hold new ones back
+ *   while they run, and run one at a time.
  */
 
 #ifndef QED_H
@@ -179,6 +180,48 @@ struct qed_check_result {
  */
 int qed_image_check (struct qed_image *img, bool repair,
                      struct qed_check_result *result);
+
+/* Change the size of the virtual disk to new_size bytes, rounded up to
+ * a multiple of 512 (as qed_create rounds it; QEMU refuses to resize
+ * QED to a size that is not a multiple).  Durable when it returns; the
+ * requests after it see the new size.
+ *
+ * Growing: the new range reads as zeros, also where the backing file
+ * is longer than the old size (those clusters become zero clusters)
+ * and in the bytes of the old last cluster past the old size (stale
+ * bytes a shrink left there are zeroed).  The size can grow up to
+ * qed_image_size_limit of the image's cluster and table sizes: beyond,
+ * -EINVAL and the message says the maximum.
+ *
+ * Shrinking: only with allow_shrink (else -EINVAL).  The data past the
+ * new end is dropped: the clusters nothing references any more are
+ * given back, by moving the clusters in use that lie after them into
+ * them and truncating the file, so that the check finds no leak.  The
+ * image must be consistent (else -EIO: repair it first), and its file
+ * able to change size and of at most 2^28 clusters (else -ENOTSUP).
+ *
+ * A refusal changes nothing.  Another failure (an I/O error) leaves
+ * the old size with the disk as it was, or, when shrinking failed
+ * after writing the new size, the new size with the disk below it as
+ * it was and maybe leaked clusters.  A crash at any point is the same:
+ * nothing inside the smaller of the two sizes is lost, and a check with
+ * repair gives back the clusters that may leak.
+ *
+ * The image must be writable (-EROFS).
+ */
+int qed_image_resize (struct qed_image *img, uint64_t new_size,
+                      bool allow_shrink);
+
+/* Drop every mapping: afterwards the image reads as its backing file
+ * (as zeros without one), and its file is cut back to the header and
+ * the L1 table.  For "commit", once the backing file holds what the
+ * image reads.  A crash at any point leaves each L1 entry as it was or
+ * cleared, so the image reads what it read or what its backing file
+ * holds there, and at worst leaked clusters.  The file must be able to
+ * change size and have at most 2^28 clusters (-ENOTSUP), the image be
+ * writable (-EROFS).
+ */
+int qed_image_make_empty (struct qed_image *img);
 
 /* For tests: the check marks clusters in windows of this many (a
  * multiple of 64; 0: the default, 2^28), so that images larger than a
