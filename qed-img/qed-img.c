@@ -21,6 +21,10 @@ const struct command commands[] = {
   { "check", cmd_check,
     "[-f qed] [-U] [-r leaks|all] [--output=human|json] [-q] FILE",
     "check the image for corruption and leaked clusters, and repair" },
+  { "convert", cmd_convert,
+    "[-f qed|raw] [-p] [-q] [-O qed|raw] [-o OPTIONS] [-B BACKING -F raw|qed]"
+    " SRC DST",
+    "copy an image into a new one (OPTIONS as for create)" },
   { NULL }
 };
 
