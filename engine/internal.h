@@ -219,8 +219,10 @@ struct qed_image {
   uint64_t header_bytes;
   uint64_t l1_entries;          /* L1 entries covering the virtual disk */
   enum qed_access access;
-  bool no_locking, always_check;
-  struct backing *backing;
+  const struct qed_opener *opener;
+  bool no_locking, always_check, header_only;
+  struct backing *backing;      /* changes only with the gate closed and
+                                 * the token held (set_backing) */
 
   struct gate gate;
   /* Change only with the gate closed. */
@@ -228,7 +230,7 @@ struct qed_image {
   bool writes_impossible;       /* atomic: enable_writes found EROFS */
   uint64_t sparse_from;         /* file size at open (or repair) */
   /* features change under the commit token, the rest with the gate
-   * closed.
+   * closed; so does backing_name.
    */
   struct qed_header header;
 
@@ -373,8 +375,9 @@ void tables_index_add (struct qed_image *img, uint64_t host);
 int header_write (struct qed_image *img);
 
 /* lookup.c */
-/* 0 if [offset, offset + count) lies inside the virtual disk, else
- * -EINVAL after saying that the request (what) does not.
+/* 0 if the request (what) may run on [offset, offset + count): it lies
+ * inside the virtual disk and the image was not opened header_only;
+ * else -EINVAL after saying why not.
  */
 int check_range (const struct qed_image *img, uint64_t count,
                  uint64_t offset, const char *what);
@@ -441,6 +444,12 @@ int image_open (struct qed_file *file, const char *path,
                 const struct qed_open_options *opts, unsigned depth,
                 const uint64_t *chain_ids, size_t nids,
                 struct qed_image **imgp);
+
+/* Have the image to ourselves: close the gate (waiting for the requests
+ * inside) and take the commit token; and give it back.
+ */
+void whole_image_begin (struct qed_image *img);
+void whole_image_end (struct qed_image *img);
 
 /* check.c: called with the gate closed and the commit token held. */
 int check_image (struct qed_image *img, bool repair,

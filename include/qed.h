@@ -73,6 +73,11 @@ struct qed_open_options {
    * does not have NEED_CHECK set.  For images from untrusted sources.
    */
   bool always_check;
+  /* Open the image for its header and tables alone (qed_image_get_info,
+   * qed_image_set_backing, qed_image_check): the backing file is not
+   * opened, so it may be missing, and requests fail with EINVAL.
+   */
+  bool header_only;
 };
 
 /* Open the image of that name (through the opener).  On failure *imgp
@@ -116,6 +121,43 @@ int qed_image_close (struct qed_image *img);
 uint64_t qed_image_size (const struct qed_image *img);
 uint32_t qed_image_cluster_size (const struct qed_image *img);
 bool qed_image_has_backing (const struct qed_image *img);
+
+/* What the header says.  The strings belong to the image and live
+ * until qed_image_close or qed_image_set_backing.
+ */
+struct qed_image_info {
+  uint64_t size;                  /* virtual disk, bytes */
+  uint32_t cluster_size;
+  uint32_t table_size;            /* clusters per L1 or L2 table */
+  uint32_t header_size;           /* clusters */
+  uint64_t features, compat_features, autoclear_features;
+  const char *backing_name;       /* as written in the header; NULL: none */
+  bool backing_raw;               /* the header says the backing file is
+                                   * raw (not probed) */
+  bool need_check;
+};
+void qed_image_get_info (const struct qed_image *img,
+                         struct qed_image_info *info);
+
+/* Change the backing file named in the header, as qemu-img rebase -u
+ * does: name NULL makes the image standalone; format "raw" sets the
+ * no-probe bit, "qed" or NULL clears it.  The image must be writable.
+ * Unless the image was opened header_only, the new backing file is
+ * opened first (nothing changes if it cannot be) and serves the
+ * requests that follow.  What the image reads through its unallocated
+ * clusters changes accordingly: copying what must not change is the
+ * caller's work.  The header always names a whole backing file, even
+ * after a crash during the call.
+ */
+int qed_image_set_backing (struct qed_image *img, const char *name,
+                           const char *format);
+
+/* Whether a file holds a QED image, or raw data, by its first bytes.
+ * Files in the other formats QEMU knows (qcow2, vmdk, ...) are refused
+ * with -ENOTSUP, after a message naming the format.  name is for
+ * messages.
+ */
+int qed_probe_file (struct qed_file *file, const char *name, bool *is_qed);
 
 /* Requests.  offset + count must lie inside the virtual disk. */
 int qed_image_read (struct qed_image *img, void *buf, uint64_t count,
@@ -204,6 +246,8 @@ struct qed_check_result {
   uint64_t leaks_fixed;
   uint64_t check_errors;        /* tables that could not be read */
   uint64_t allocated_clusters;  /* data clusters referenced */
+  uint64_t fragmented_clusters; /* ... not following the one before in
+                                 * their L2 table */
   uint64_t total_clusters;      /* virtual disk size in clusters */
   uint64_t image_end;           /* file size after the check */
 };
