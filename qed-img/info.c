@@ -131,7 +131,7 @@ print_human (const struct link *l)
     printf ("cleanly shut down: no\n");
   printf ("Format specific information:\n"
           "    table size: %" PRIu32 "\n"
-          "    features: %#" PRIx64 "\n", l->qed.table_size, l->qed.features);
+          "    features: 0x%" PRIx64 "\n", l->qed.table_size, l->qed.features);
 }
 
 /* Whether the file at path is one of the n already in the chain (a
