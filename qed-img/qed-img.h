@@ -170,8 +170,7 @@ bool source_uses (struct source *src, const char *file);
 int source_read (struct source *src, void *buf, uint64_t count,
                  uint64_t offset);
 /* How many bytes from offset on (at most count) are known to read as
- * zeros: block status for a QED image, nothing for a raw file but past
- * its end.
+ * zeros: block status for a QED image, holes for a raw file.
  */
 int source_zeros_at (struct source *src, uint64_t offset, uint64_t count,
                      uint64_t *zeros);

@@ -205,8 +205,17 @@ source_zeros_at (struct source *src, uint64_t offset, uint64_t count,
     return 0;
   }
   *zeros = 0;
-  if (src->qed == NULL)
+  if (src->raw) {
+    uint64_t length;
+    bool hole;
+
+    /* A file that cannot tell, or fails to, is data. */
+    if (src->raw->ops->extent &&
+        src->raw->ops->extent (src->raw, offset, count, &length, &hole) == 0 &&
+        hole)
+      *zeros = length;
     return 0;
+  }
   r = qed_image_block_status (src->qed, count < src->size - offset ? count
                               : src->size - offset, offset,
                               take_first_extent, &e);
