@@ -153,3 +153,42 @@ copy_range (struct copy *c, uint64_t offset, uint64_t count)
   }
   return 0;
 }
+
+/* The first extent of a map: whether it is allocated in the image
+ * itself (data or zero clusters, not its backing files'), and its
+ * length.
+ */
+struct first_map {
+  bool in_image;
+  uint64_t length;
+};
+
+static int
+take_first_map (void *opaque, const struct qed_map_extent *e)
+{
+  struct first_map *m = opaque;
+
+  m->in_image = e->depth == 0 && e->present;
+  m->length = e->length;
+  return 1;                     /* enough */
+}
+
+int
+copy_allocated (struct copy *c, struct source *image, bool in_image)
+{
+  uint64_t size = image->size;
+
+  for (uint64_t offset = 0; offset < size; ) {
+    struct first_map m = { 0 };
+    int r = qed_image_map (image->qed, size - offset, offset, take_first_map,
+                           &m);
+
+    if (r < 0)
+      return r;
+    if (m.in_image == in_image && (r = copy_range (c, offset, m.length)) < 0)
+      return r;
+    offset += m.length;
+    progress_update (&c->progress, offset);
+  }
+  return 0;
+}

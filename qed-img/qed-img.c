@@ -25,6 +25,9 @@ const struct command commands[] = {
     "[-f qed|raw] [-p] [-q] [-O qed|raw] [-o OPTIONS] [-B BACKING -F raw|qed]"
     " SRC DST",
     "copy an image into a new one (OPTIONS as for create)" },
+  { "rebase", cmd_rebase,
+    "[-f qed] [-p] [-u] [-q] -b BACKING [-F raw|qed] FILE",
+    "give the image another backing file, or none (-b \"\")" },
   { NULL }
 };
 

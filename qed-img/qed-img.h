@@ -28,6 +28,7 @@ int cmd_create (int argc, char **argv);
 int cmd_info (int argc, char **argv);
 int cmd_check (int argc, char **argv);
 int cmd_convert (int argc, char **argv);
+int cmd_rebase (int argc, char **argv);
 
 /* Print "qed-img: what: message" to stderr; returns 1, the exit status
  * of a command that failed.  what is the file (or option) at fault and
@@ -213,6 +214,10 @@ int copy_start (struct copy *c, bool progress, uint64_t total);
  * of the range.  Returns 0 or a negative errno (after a message).
  */
 int copy_range (struct copy *c, uint64_t offset, uint64_t count);
+/* Copy the ranges of the QED image that are (in_image) or are not
+ * allocated in the image itself, as opposed to its backing files.
+ */
+int copy_allocated (struct copy *c, struct source *image, bool in_image);
 /* Free the buffers (the progress is the command's to end). */
 void copy_end (struct copy *c);
 
