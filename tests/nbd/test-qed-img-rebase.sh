@@ -20,6 +20,8 @@ requires jq --version
 
 cd "$tmpdir"
 
+qed_img rebase --help | grep -F "Usage: qed-img rebase "
+
 # map_at IMAGE OFFSET FILTER: the extent of qemu-img map that holds
 # OFFSET passes the jq FILTER (.depth 0: in the image itself).
 map_at ()
