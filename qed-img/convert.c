@@ -12,11 +12,6 @@
 
 #include "qed-img.h"
 
-/* Raw output skips zeros in blocks of this many bytes, as qemu-img's
- * default -S 4k does.
- */
-#define RAW_SPARSE_UNIT 4096
-
 int
 cmd_convert (int argc, char **argv)
 {
@@ -112,7 +107,7 @@ cmd_convert (int argc, char **argv)
     .from = &src,
     .to = &out,
     .current = backing ? &base : NULL,
-    .unit = out.qed ? qed_image_cluster_size (out.qed) : RAW_SPARSE_UNIT,
+    .unit = source_unit (&out),
   };
   r = copy_start (&copy, progress && !quiet, out.size);
   if (r == 0) {

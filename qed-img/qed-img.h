@@ -162,6 +162,13 @@ int source_open_flags (struct source *src, const char *name,
 int source_create (struct source *src, const char *name, const char *format,
                    const struct qed_create_options *opts);
 
+/* What writes to the image are cut into, and each skipped, zeroed or
+ * written as a whole (struct copy): its clusters, or for a raw file
+ * blocks of RAW_BLOCK_SIZE bytes, so that blocks of zeros become holes
+ * as with qemu-img's default -S 4k.
+ */
+#define RAW_BLOCK_SIZE 4096
+uint64_t source_unit (const struct source *src);
 /* Whether file is the image or one of its backing files. */
 bool source_uses (struct source *src, const char *file);
 
@@ -199,7 +206,7 @@ struct copy {
    * which does not read the base).
    */
   bool write_all;
-  /* Pieces end at multiples of unit (to's cluster size), and are
+  /* Pieces end at multiples of unit (source_unit of to), and are
    * skipped, zeroed or written as a whole.
    */
   uint64_t unit;

@@ -65,7 +65,7 @@ rebase_safe (const char *file, const char *backing,
     .from = &image,
     .to = &image,
     .current = backing ? &new_backing : NULL,
-    .unit = qed_image_cluster_size (image.qed),
+    .unit = source_unit (&image),
   };
   r = copy_start (&copy, progress, image.size);
   if (r == 0) {

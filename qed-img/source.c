@@ -157,6 +157,12 @@ source_uses (struct source *src, const char *file)
   return found;
 }
 
+uint64_t
+source_unit (const struct source *src)
+{
+  return src->qed ? qed_image_cluster_size (src->qed) : RAW_BLOCK_SIZE;
+}
+
 int
 source_read (struct source *src, void *buf, uint64_t count, uint64_t offset)
 {
