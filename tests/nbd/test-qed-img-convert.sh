@@ -120,13 +120,15 @@ map_at over-mid.qed $(( 1024 * 1024 )) '.depth == 1'
 map_at over-mid.qed $(( 21 * 1024 * 1024 )) '.depth == 0 and .data'
 map_at over-mid.qed $(( 2 * 1024 * 1024 )) '.depth == 0 and .zero'
 # Over the raw base: mid.qed's changes are copied too; past the end of
-# the base (16 MiB), zeros are left to read as zeros.
+# the base (16 MiB), zeros are left to read as zeros, also next to data
+# (at 21 MiB).
 qed_img convert -O qed -B base.raw -F raw -o cluster_size=4k top.qed \
     over-raw.qed
 qemu-img compare top.qed over-raw.qed
 qemu-img check over-raw.qed
 qemu-img info over-raw.qed | grep '^backing file format: raw$'
 map_at over-raw.qed $(( 20 * 1024 * 1024 )) '.present == false'
+map_at over-raw.qed $(( 21 * 1024 * 1024 + 64 * 1024 )) '.present == false'
 
 # A raw source whose size is no multiple of 512: rounded up, as
 # qemu-img rounds it.
