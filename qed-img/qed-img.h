@@ -27,6 +27,7 @@ extern const struct command commands[];
 int cmd_create (int argc, char **argv);
 int cmd_info (int argc, char **argv);
 int cmd_check (int argc, char **argv);
+int cmd_map (int argc, char **argv);
 int cmd_convert (int argc, char **argv);
 int cmd_rebase (int argc, char **argv);
 
