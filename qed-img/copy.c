@@ -4,10 +4,10 @@
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
  * The range is read in chunks; a chunk is cut into pieces at the
- * boundaries of units (the clusters of the image written), and each
- * piece is skipped, zeroed or written as a whole, consecutive pieces
- * with the same fate together.  Whole runs that block status knows to
- * read as zeros are not read at all.
+ * boundaries of units (the clusters of the image written, or blocks of
+ * a raw file), and each piece is skipped, zeroed or written as a
+ * whole, consecutive pieces with the same fate together.  Whole runs
+ * that block status knows to read as zeros are not read at all.
  */
 
 #include <config.h>
@@ -31,9 +31,11 @@ is_zero (const char *p, size_t n)
 int
 copy_start (struct copy *c, bool progress, uint64_t total)
 {
+  bool compare = c->current && !c->write_all;
+
   c->buf = malloc (COPY_CHUNK);
-  c->current_buf = c->current && !c->write_all ? malloc (COPY_CHUNK) : NULL;
-  if (c->buf == NULL || (c->current && !c->write_all && !c->current_buf)) {
+  c->current_buf = compare ? malloc (COPY_CHUNK) : NULL;
+  if (c->buf == NULL || (compare && c->current_buf == NULL)) {
     copy_end (c);
     return fail (NULL, "out of memory");
   }
