@@ -72,6 +72,7 @@ struct checker {
   uint64_t win_start, win_end;  /* the clusters this pass marks */
   uint64_t *bitmap;
   uint64_t used_end;            /* end of the highest referenced cluster */
+  uint64_t last_data;           /* the table's last data entry so far */
   uint64_t alloc_end;           /* where repair puts copies */
   uint64_t copy_budget;         /* bytes repair may still copy */
   bool budget_spent;
@@ -177,8 +178,12 @@ check_data_entry (void *opaque, uint64_t index, uint64_t *entry,
 
   if (*entry == QED_ENTRY_UNALLOCATED || *entry == QED_ENTRY_ZERO)
     return 0;
-  if (ck->first_pass)
+  if (ck->first_pass) {
     ck->res->allocated_clusters++;
+    if (ck->last_data && ck->last_data + ck->img->cluster_size != *entry)
+      ck->res->fragmented_clusters++;
+    ck->last_data = *entry;
+  }
   if (!offset_valid (ck, *entry, ck->img->cluster_size, false)) {
     invalid_entry (ck, entry, changed);
     return 0;
@@ -202,8 +207,11 @@ static int
 check_l2_table (struct checker *ck, uint64_t table)
 {
   bool unreadable;
-  int r = table_walk (ck->img, table, 0, ck->img->table_bytes / 8,
-                      check_data_entry, ck, &unreadable);
+  int r;
+
+  ck->last_data = 0;
+  r = table_walk (ck->img, table, 0, ck->img->table_bytes / 8,
+                  check_data_entry, ck, &unreadable);
 
   if (unreadable) {
     if (ck->first_pass)

@@ -7,11 +7,11 @@
  *
  * The gate (img->gate, gate.c) keeps requests apart from the calls
  * that change the image as a whole.  Requests pass it shared.
- * qed_image_enable_writes, qed_image_check, qed_image_resize,
- * qed_image_make_empty and qed_image_close close it, which waits for
- * the requests inside and holds new ones back, and take the commit
- * token as well, which keeps the background thread out; so they run
- * alone (whole_image_begin in open.c).
+ * qed_image_enable_writes, qed_image_check, qed_image_set_backing,
+ * qed_image_resize, qed_image_make_empty and qed_image_close close it,
+ * which waits for the requests inside and holds new ones back, and
+ * take the commit token as well, which keeps the background thread
+ * out; so they run alone (whole_image_begin in open.c).
  *
  * The table lock (img->lock) guards the fields marked so in struct
  * qed_image: the L1 table, the L2 slice cache, the allocator and the
@@ -220,8 +220,10 @@ struct qed_image {
   unsigned table_bits;          /* log2 of entries per table */
   uint64_t header_bytes;
   enum qed_access access;
-  bool no_locking, always_check;
-  struct backing *backing;
+  const struct qed_opener *opener;
+  bool no_locking, always_check, header_only;
+  struct backing *backing;      /* changes only with the gate closed and
+                                 * the token held (set_backing) */
 
   struct gate gate;
   /* Change only with the gate closed. */
@@ -230,7 +232,8 @@ struct qed_image {
   uint64_t sparse_from;         /* file size at open (or reload) */
   uint64_t l1_entries;          /* L1 entries covering the virtual disk */
   /* features change under the commit token, the rest with the gate
-   * closed (image_size atomically: qed_image_size reads it outside).
+   * closed (image_size atomically: qed_image_size reads it outside);
+   * so does backing_name.
    */
   struct qed_header header;
 
@@ -402,8 +405,9 @@ int table_walk (struct qed_image *img, uint64_t table, uint64_t first,
                 bool *unreadable);
 
 /* lookup.c */
-/* 0 if [offset, offset + count) lies inside the virtual disk, else
- * -EINVAL after saying that the request (what) does not.
+/* 0 if the request (what) may run on [offset, offset + count): it lies
+ * inside the virtual disk and the image was not opened header_only;
+ * else -EINVAL after saying why not.
  */
 int check_range (const struct qed_image *img, uint64_t count,
                  uint64_t offset, const char *what);
@@ -450,14 +454,35 @@ int need_check_clear (struct qed_image *img);
 void stop_background (struct qed_image *img);
 uint64_t now_ns (void);
 
+/* map.c: what each byte of an image and its backing chain reads from,
+ * for block status and qed_image_map.
+ */
+struct chain_extent {
+  struct qed_map_extent map;
+  /* An invalid table entry maps it: map says data, without a host
+   * offset, so that block status never claims zeros that are not.
+   */
+  bool bad;
+};
+typedef int (*chain_extent_fn) (void *opaque, const struct chain_extent *e);
+/* Report [offset, offset + count) of img, at depth in its chain, as
+ * consecutive extents (unmerged) until fn returns non-zero, which is
+ * returned.  Called inside img's gate, the range inside its disk.
+ */
+int image_extents (struct qed_image *img, unsigned depth, uint64_t count,
+                   uint64_t offset, chain_extent_fn fn, void *opaque);
+
 /* backing.c */
 int backing_open (struct qed_image *img, const struct qed_open_options *opts,
                   unsigned depth, const uint64_t *chain_ids, size_t nids);
 void backing_close (struct backing *b);
 int backing_read (struct backing *b, void *buf, uint64_t count,
                   uint64_t offset);
-int backing_status (struct backing *b, uint64_t count, uint64_t offset,
-                    qed_extent_fn fn, void *opaque);
+/* The extents of img's backing chain (img at depth) over a range that
+ * img leaves unallocated, as image_extents reports them.
+ */
+int backing_extents (struct qed_image *img, unsigned depth, uint64_t count,
+                     uint64_t offset, chain_extent_fn fn, void *opaque);
 /* Its virtual size (of a raw file: its size at open). */
 uint64_t backing_size (const struct backing *b);
 

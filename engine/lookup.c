@@ -14,6 +14,11 @@ int
 check_range (const struct qed_image *img, uint64_t count, uint64_t offset,
              const char *what)
 {
+  if (img->header_only) {
+    qed_error ("%s: %s refused: the image was opened for its header only",
+               image_name (img), what);
+    return -EINVAL;
+  }
   if (offset > img->header.image_size ||
       count > img->header.image_size - offset) {
     qed_error ("%s: %s beyond the end of the disk", image_name (img), what);

@@ -170,8 +170,10 @@ image_open (struct qed_file *file, const char *path,
   pthread_cond_init (&img->bg_wake, &attr);
   pthread_condattr_destroy (&attr);
   img->access = opts->access;
+  img->opener = opts->opener ? opts->opener : &qed_posix_opener;
   img->no_locking = opts->no_locking;
   img->always_check = opts->always_check;
+  img->header_only = opts->header_only;
   if (path && (img->path = strdup (path)) == NULL) {
     r = -ENOMEM;
     goto fail;
@@ -193,7 +195,7 @@ image_open (struct qed_file *file, const char *path,
     goto fail;
   }
 
-  if (img->header.features & QED_F_BACKING_FILE) {
+  if ((img->header.features & QED_F_BACKING_FILE) && !img->header_only) {
     if (opts->no_backing) {
       qed_error ("%s: the image has a backing file (%s) and backing files"
                  " are disabled", image_name (img), img->backing_name);
@@ -215,7 +217,7 @@ image_open (struct qed_file *file, const char *path,
     if (r < 0)
       goto fail;
   }
-  else if (opts->backing) {
+  else if (opts->backing && !img->header_only) {
     qed_error ("%s: a backing file was given, but the image has none",
                image_name (img));
     r = -EINVAL;
@@ -437,4 +439,23 @@ bool
 qed_image_has_backing (const struct qed_image *img)
 {
   return img->backing != NULL;
+}
+
+void
+qed_image_get_info (const struct qed_image *img, struct qed_image_info *info)
+{
+  const struct qed_header *h = &img->header;
+
+  *info = (struct qed_image_info) {
+    .size = h->image_size,
+    .cluster_size = h->cluster_size,
+    .table_size = h->table_size,
+    .header_size = h->header_size,
+    .features = h->features,
+    .compat_features = h->compat_features,
+    .autoclear_features = h->autoclear_features,
+    .backing_name = img->backing_name,
+    .backing_raw = (h->features & QED_F_BACKING_FORMAT_NO_PROBE) != 0,
+    .need_check = (h->features & QED_F_NEED_CHECK) != 0,
+  };
 }

@@ -16,10 +16,10 @@
  *   "host".
  * - Every function taking an image may be called from any thread at
  *   any time until qed_image_close.  Requests (read, write, zero, trim,
- *   flush, block status) run in parallel; qed_image_enable_writes,
- *   qed_image_check, qed_image_resize, qed_image_make_empty and
- *   qed_image_close wait for the requests in flight, hold new ones back
- *   while they run, and run one at a time.
+ *   flush, block status, map) run in parallel; qed_image_enable_writes,
+ *   qed_image_check, qed_image_set_backing, qed_image_resize,
+ *   qed_image_make_empty and qed_image_close wait for the requests in
+ *   flight, hold new ones back while they run, and run one at a time.
  */
 
 #ifndef QED_H
@@ -74,6 +74,11 @@ struct qed_open_options {
    * does not have NEED_CHECK set.  For images from untrusted sources.
    */
   bool always_check;
+  /* Open the image for its header and tables alone (qed_image_get_info,
+   * qed_image_set_backing, qed_image_check): the backing file is not
+   * opened, so it may be missing, and requests fail with EINVAL.
+   */
+  bool header_only;
 };
 
 /* Open the image of that name (through the opener).  On failure *imgp
@@ -118,6 +123,43 @@ uint64_t qed_image_size (const struct qed_image *img);
 uint32_t qed_image_cluster_size (const struct qed_image *img);
 bool qed_image_has_backing (const struct qed_image *img);
 
+/* What the header says.  The strings belong to the image and live
+ * until qed_image_close or qed_image_set_backing.
+ */
+struct qed_image_info {
+  uint64_t size;                  /* virtual disk, bytes */
+  uint32_t cluster_size;
+  uint32_t table_size;            /* clusters per L1 or L2 table */
+  uint32_t header_size;           /* clusters */
+  uint64_t features, compat_features, autoclear_features;
+  const char *backing_name;       /* as written in the header; NULL: none */
+  bool backing_raw;               /* the header says the backing file is
+                                   * raw (not probed) */
+  bool need_check;
+};
+void qed_image_get_info (const struct qed_image *img,
+                         struct qed_image_info *info);
+
+/* Change the backing file named in the header, as qemu-img rebase -u
+ * does: name NULL makes the image standalone; format "raw" sets the
+ * no-probe bit, "qed" or NULL clears it.  The image must be writable.
+ * Unless the image was opened header_only, the new backing file is
+ * opened first (nothing changes if it cannot be) and serves the
+ * requests that follow.  What the image reads through its unallocated
+ * clusters changes accordingly: copying what must not change is the
+ * caller's work.  The header always names a whole backing file, even
+ * after a crash during the call.
+ */
+int qed_image_set_backing (struct qed_image *img, const char *name,
+                           const char *format);
+
+/* Whether a file holds a QED image, or raw data, by its first bytes.
+ * Files in the other formats QEMU knows (qcow2, vmdk, ...) are refused
+ * with -ENOTSUP, after a message naming the format.  name is for
+ * messages.
+ */
+int qed_probe_file (struct qed_file *file, const char *name, bool *is_qed);
+
 /* Requests.  offset + count must lie inside the virtual disk. */
 int qed_image_read (struct qed_image *img, void *buf, uint64_t count,
                     uint64_t offset);
@@ -152,12 +194,50 @@ int qed_image_flush (struct qed_image *img);
  * most count bytes) by calling fn until it returns non-zero or the
  * range is covered.  Extent types are NBD's flags.
  */
-#define QED_EXTENT_HOLE 1u      /* not allocated in the image or its chain */
+#define QED_EXTENT_HOLE 1u      /* no data in the image or its chain (zero
+                                 * or unallocated clusters, holes of a raw
+                                 * backing file) */
 #define QED_EXTENT_ZERO 2u      /* reads as zeros */
 typedef int (*qed_extent_fn) (void *opaque, uint64_t offset, uint64_t length,
                               unsigned type);
 int qed_image_block_status (struct qed_image *img, uint64_t count,
                             uint64_t offset, qed_extent_fn fn, void *opaque);
+
+/* The map of the image and its backing chain, as qemu-img map
+ * --output=json shows it: where each byte of the range reads from.
+ * Reports the range from offset as consecutive extents covering it all
+ * by calling fn until it returns non-zero (a negative errno is then
+ * returned, anything else stops with 0) or the range is covered.
+ * Adjacent extents that agree in everything but offset and length,
+ * with host offsets that continue, are reported as one, so the extents
+ * of the whole disk are qemu-img map's entries.  Fails with -EIO (and
+ * says where) if an invalid table entry maps a byte of the range.
+ */
+struct qed_map_extent {
+  uint64_t offset, length;      /* virtual bytes */
+  /* The file the bytes come from: 0 the image, 1 its backing file, and
+   * so on.  When no file holds them (present false), the image whose
+   * chain ends there: the bottom of the chain, or the one whose backing
+   * file is shorter.
+   */
+  unsigned depth;
+  const char *file;             /* its name (as opened, a backing file's
+                                 * as resolved; NULL if none was given);
+                                 * valid until the image is closed */
+  bool present;                 /* the file holds them: a data or zero
+                                 * cluster, a raw backing file's bytes
+                                 * (holes too, and the zeros after its
+                                 * end up to a multiple of 512 bytes) */
+  bool zero;                    /* they read as zeros: a zero cluster,
+                                 * a raw hole, no file holds them */
+  bool data;                    /* stored data: a data cluster, or a raw
+                                 * backing file's bytes outside holes */
+  bool has_host;                /* data, and raw holes: host is where */
+  uint64_t host;                /* offset starts in the file */
+};
+typedef int (*qed_map_fn) (void *opaque, const struct qed_map_extent *e);
+int qed_image_map (struct qed_image *img, uint64_t count, uint64_t offset,
+                   qed_map_fn fn, void *opaque);
 
 /* Consistency check, in qemu-img check's categories. */
 struct qed_check_result {
@@ -167,6 +247,8 @@ struct qed_check_result {
   uint64_t leaks_fixed;
   uint64_t check_errors;        /* tables that could not be read */
   uint64_t allocated_clusters;  /* data clusters referenced */
+  uint64_t fragmented_clusters; /* ... not following the one before in
+                                 * their L2 table */
   uint64_t total_clusters;      /* virtual disk size in clusters */
   uint64_t image_end;           /* file size after the check */
 };
