@@ -441,6 +441,12 @@ resize (struct qed_image *img, uint64_t new_size, bool allow_shrink)
   }
   if (new_size == old_size)
     return 0;
+  if (new_size > old_size && img->header_only && img->backing_name) {
+    qed_error ("%s: cannot grow the image: it was opened for its header"
+               " alone, without its backing file, which the new range"
+               " must not show", image_name (img));
+    return -EINVAL;
+  }
   qed_debug ("%s: resizing from %" PRIu64 " to %" PRIu64 " bytes",
              image_name (img), old_size, new_size);
   return reload_after (img, new_size > old_size ? grow (img, new_size)

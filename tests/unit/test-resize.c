@@ -331,6 +331,38 @@ test_grow_table_over_tail (void)
   free (model);
 }
 
+/* Opened for its header alone, an image does not know what its
+ * backing file holds past its end: it does not grow, but shrinks.
+ */
+static void
+test_header_only (void)
+{
+  struct qed_open_options opts = {
+    .access = QED_READ_WRITE, .header_only = true,
+  };
+  struct memfile *mf = new_image (4 << 20, 4096, 1, true);
+  struct qed_image *img = test_open_image (mf);
+  unsigned char *model = new_model (4 << 20, true), *before;
+  size_t n;
+
+  scatter (model, img, 4 << 20, 4096, 10, 17);
+  CHECK_OK (qed_image_close (img));
+  before = snapshot (mf, &n);
+  CHECK_OK (qed_image_open_file (memfile_file (mf), NULL, &opts, &img));
+  CHECK_ERR (qed_image_resize (img, 8 << 20, false), EINVAL);
+  check_unchanged (mf, before, n);
+  CHECK_OK (qed_image_resize (img, 2 << 20, true));
+  CHECK_OK (qed_image_close (img));
+  img = test_open_image (mf);
+  CHECK (qed_image_size (img) == 2 << 20);
+  test_model_check (model, 2 << 20, img);
+  check_leak_free (mf, img);
+  CHECK_OK (qed_image_close (img));
+  memfile_free (mf);
+  free (model);
+  free (before);
+}
+
 /* Past what the L1 table can map: refused, saying the maximum, and
  * the file is byte for byte as it was; up to it is fine.
  */
@@ -916,6 +948,7 @@ main (void)
     test_grow_over_backing (4096, 1, last, true);
   }
   test_grow_table_over_tail ();
+  test_header_only ();
   test_grow_limit ();
   test_refusals ();
   for (int b = 0; b <= 1; b++) {
