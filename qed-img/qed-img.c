@@ -24,6 +24,9 @@ const struct command commands[] = {
   { "map", cmd_map,
     "[-f qed] [-U] [--output=human|json] FILE",
     "show where each byte of the image and its backing chain is stored" },
+  { "resize", cmd_resize,
+    "[-f qed] [--shrink] [-q] FILE [+|-]SIZE",
+    "change the size of the disk (smaller only with --shrink)" },
   { "convert", cmd_convert,
     "[-f qed|raw] [-p] [-q] [-O qed|raw] [-o OPTIONS] [-B BACKING -F raw|qed]"
     " SRC DST",

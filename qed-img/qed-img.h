@@ -30,6 +30,7 @@ int cmd_check (int argc, char **argv);
 int cmd_map (int argc, char **argv);
 int cmd_convert (int argc, char **argv);
 int cmd_rebase (int argc, char **argv);
+int cmd_resize (int argc, char **argv);
 
 /* Print "qed-img: what: message" to stderr; returns 1, the exit status
  * of a command that failed.  what is the file (or option) at fault and
