@@ -114,6 +114,8 @@ qemu-img create -q -f qed -b mid.qed -F qed top.qed 6M
 qemu-io -f qed -c 'write -P 0x42 1M 4k' -c 'write -z 512k 64k' \
     -c 'write -P 0x43 3M 64k' top.qed
 commit_like_qemu "" top.qed mid.qed base.raw
+# Zeros over what mid.qed does not hold are a zero cluster there.
+map_at ours/mid.qed $(( 512 * 1024 )) '.depth == 0 and .zero'
 commit_like_qemu -d top.qed mid.qed base.raw
 
 # -p draws the progress before the last line; -q prints nothing.
