@@ -352,6 +352,22 @@ backing_read (struct backing *b, void *buf, uint64_t count, uint64_t offset)
 }
 
 int
+backing_prefetch (struct backing *b, uint64_t count, uint64_t offset)
+{
+  uint64_t n = inside (b, count, offset);
+  int r;
+
+  if (n == 0)
+    return 0;
+  if (b->qed)
+    return qed_image_prefetch (b->qed, n, offset);
+  if ((r = file_prefetch (b->raw, offset, n)) < 0)
+    qed_error ("%s: prefetching %" PRIu64 " bytes at %" PRIu64 ": %s",
+               b->path, n, offset, strerror (-r));
+  return r;
+}
+
+int
 backing_status (struct backing *b, uint64_t count, uint64_t offset,
                 qed_extent_fn fn, void *opaque)
 {

@@ -356,6 +356,12 @@ file_lock (struct qed_file *f, enum qed_lock_mode mode)
   return f->ops->lock ? f->ops->lock (f, mode) : 0;
 }
 
+static inline int
+file_prefetch (struct qed_file *f, uint64_t offset, uint64_t count)
+{
+  return f->ops->prefetch ? f->ops->prefetch (f, offset, count) : 0;
+}
+
 /* log.c */
 #define qed_error(...) qed_log (QED_LOG_ERROR, __VA_ARGS__)
 #define qed_notice(...) qed_log (QED_LOG_NOTICE, __VA_ARGS__)
@@ -417,6 +423,7 @@ int backing_read (struct backing *b, void *buf, uint64_t count,
                   uint64_t offset);
 int backing_status (struct backing *b, uint64_t count, uint64_t offset,
                     qed_extent_fn fn, void *opaque);
+int backing_prefetch (struct backing *b, uint64_t count, uint64_t offset);
 
 /* open.c: opening images, also as backing files. */
 int image_open (struct qed_file *file, const char *path,

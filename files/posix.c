@@ -142,6 +142,14 @@ posix_identity (struct qed_file *f, uint64_t id[2])
   return 0;
 }
 
+static int
+posix_prefetch (struct qed_file *f, uint64_t offset, uint64_t count)
+{
+  struct posix_file *pf = (struct posix_file *) f;
+
+  return -posix_fadvise (pf->fd, offset, count, POSIX_FADV_WILLNEED);
+}
+
 static const struct qed_file_ops posix_ops = {
   .pread = posix_pread,
   .get_size = posix_get_size,
@@ -152,6 +160,7 @@ static const struct qed_file_ops posix_ops = {
   .punch = posix_punch,
   .lock = posix_lock,
   .identity = posix_identity,
+  .prefetch = posix_prefetch,
 };
 
 /* Absolute, or relative to the directory of base. */

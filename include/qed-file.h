@@ -66,6 +66,11 @@ struct qed_file_ops {
    * NULL: only the chain's depth limit stops a loop.
    */
   int (*identity) (struct qed_file *f, uint64_t id[2]);
+  /* Start reading the range into the host's cache, without waiting
+   * for it (posix_fadvise WILLNEED).  NULL: the file has no cache to
+   * warm, and prefetching reads only the image's tables.
+   */
+  int (*prefetch) (struct qed_file *f, uint64_t offset, uint64_t count);
 };
 
 struct qed_file {

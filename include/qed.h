@@ -188,6 +188,14 @@ int qed_image_trim (struct qed_image *img, uint64_t count, uint64_t offset,
 
 int qed_image_flush (struct qed_image *img);
 
+/* Prefetch the range: read the L2 tables that map it (of the image and
+ * its QED backing files) into the L2 cache, and have the file layers
+ * start reading its data into the host's cache.  Returns before that
+ * data has arrived.  Fails with EIO where a read would.
+ */
+int qed_image_prefetch (struct qed_image *img, uint64_t count,
+                        uint64_t offset);
+
 /* Block status.  Reports the range from offset as consecutive extents
  * (each at least 1 byte, together covering at least one byte and at
  * most count bytes) by calling fn until it returns non-zero or the
