@@ -299,11 +299,36 @@ qed_can_extents (void *handle)
   return 1;
 }
 
-/* Reading warms the L2 cache and the page cache. */
+/* Cache prefetches the tables and the data (qed_cache). */
 static int
 qed_can_cache (void *handle)
 {
-  return NBDKIT_CACHE_EMULATE;
+  return NBDKIT_CACHE_NATIVE;
+}
+
+/* What the client sees as the export's description (nbdinfo prints
+ * it): the image's geometry and backing file.
+ */
+static const char *
+qed_export_description (void *handle)
+{
+  struct qed_image_info info;
+  const char *backing_name;
+
+  qed_image_get_info (image, &info);
+  backing_name = backing ? backing : info.backing_name;
+  if (backing_name == NULL)
+    return nbdkit_printf_intern ("QED image, virtual size %" PRIu64
+                                 " bytes, cluster size %" PRIu32
+                                 ", no backing file",
+                                 info.size, info.cluster_size);
+  return nbdkit_printf_intern ("QED image, virtual size %" PRIu64
+                               " bytes, cluster size %" PRIu32
+                               ", backing file %s%s",
+                               info.size, info.cluster_size, backing_name,
+                               (backing_format
+                                ? strcmp (backing_format, "raw") == 0
+                                : info.backing_raw) ? " (raw)" : "");
 }
 
 /* The engine's result as nbdkit's: 0, or -1 with errno set. */
@@ -357,6 +382,15 @@ qed_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
                                     engine_flags (flags)));
 }
 
+/* Read the tables mapping the range into memory and start reading
+ * its data into the page cache.
+ */
+static int
+qed_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return to_nbdkit (qed_image_prefetch (image, count, offset));
+}
+
 /* Make everything written durable. */
 static int
 qed_flush (void *handle, uint32_t flags)
@@ -408,6 +442,7 @@ static struct nbdkit_plugin plugin = {
   .after_fork         = qed_after_fork,
   .cleanup            = qed_cleanup,
   .open               = qed_open,
+  .export_description = qed_export_description,
   .get_size           = qed_get_size,
   .block_size         = qed_block_size,
   .can_write          = qed_can_write,
@@ -424,6 +459,7 @@ static struct nbdkit_plugin plugin = {
   .zero               = qed_zero,
   .trim               = qed_trim,
   .flush              = qed_flush,
+  .cache              = qed_cache,
   .extents            = qed_extents,
   .errno_is_preserved = 1,
 };

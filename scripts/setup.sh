@@ -32,6 +32,7 @@ qed_packages=(
     qemu-utils                  # qemu-img, qemu-io, qemu-nbd
     fio
     jq
+    strace                      # tests count system calls
     valgrind
     perl                        # pod2man, podchecker
     clang
