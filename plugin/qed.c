@@ -35,6 +35,10 @@ static bool no_backing;
 static int64_t l2_cache_size;
 static bool no_locking;
 static bool always_check;
+/* detect-zeroes=: writes of zeros become zero requests (on), which
+ * may also give host space back (unmap).
+ */
+static enum { DETECT_OFF, DETECT_ON, DETECT_UNMAP } detect_zeroes;
 
 static struct qed_image *image;
 
@@ -132,6 +136,18 @@ qed_config (const char *key, const char *value)
       return -1;
     }
   }
+  else if (strcmp (key, "detect-zeroes") == 0) {
+    if (strcmp (value, "off") == 0)
+      detect_zeroes = DETECT_OFF;
+    else if (strcmp (value, "on") == 0)
+      detect_zeroes = DETECT_ON;
+    else if (strcmp (value, "unmap") == 0)
+      detect_zeroes = DETECT_UNMAP;
+    else {
+      nbdkit_error ("detect-zeroes must be off, on or unmap, not %s", value);
+      return -1;
+    }
+  }
   else {
     nbdkit_error ("unknown parameter '%s'", key);
     return -1;
@@ -163,7 +179,10 @@ qed_config_complete (void)
   "l2-cache-size=<SIZE>     Memory for cached L2 tables (default 32M).\n" \
   "locking=false            Take no QEMU-compatible image locks.\n" \
   "check=auto|always        Check (and repair) the image at start always,\n" \
-  "                         or only when it was not closed cleanly (auto)."
+  "                         or only when it was not closed cleanly (auto).\n" \
+  "detect-zeroes=off|on|unmap\n" \
+  "                         Writes of zeros become zero requests (off by\n" \
+  "                         default; unmap: giving host space back)."
 
 /* Extra --dump-plugin lines. */
 static void
@@ -357,11 +376,27 @@ engine_flags (uint32_t flags)
     (flags & NBDKIT_FLAG_MAY_TRIM ? QED_MAY_TRIM : 0);
 }
 
-/* Write data. */
+/* Whether the buffer holds only zeros; stops at the first byte that
+ * is not, so that data costs next to nothing.
+ */
+static bool
+is_zero (const char *p, size_t n)
+{
+  return n == 0 || (p[0] == 0 && memcmp (p, p + 1, n - 1) == 0);
+}
+
+/* Write data; with detect-zeroes, zeros as a zero request. */
 static int
 qed_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
             uint32_t flags)
 {
+  if (detect_zeroes != DETECT_OFF && is_zero (buf, count)) {
+    unsigned zero_flags = flags & NBDKIT_FLAG_FUA ? QED_FUA : 0;
+
+    if (detect_zeroes == DETECT_UNMAP)
+      zero_flags |= QED_MAY_TRIM;
+    return to_nbdkit (qed_image_zero (image, count, offset, zero_flags));
+  }
   return to_nbdkit (qed_image_write (image, buf, count, offset,
                                      engine_flags (flags)));
 }
