@@ -221,6 +221,7 @@ struct qed_image {
   enum qed_access access;
   const struct qed_opener *opener;
   bool no_locking, always_check, header_only;
+  bool direct;                  /* backing files open QED_OPEN_DIRECT too */
   struct backing *backing;      /* changes only with the gate closed and
                                  * the token held (set_backing) */
 

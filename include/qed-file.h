@@ -83,6 +83,9 @@ struct qed_file {
 #define QED_OPEN_WRITE  (1u << 0)  /* read-write where permitted, else
                                     * read-only (file->writable says) */
 #define QED_OPEN_CREATE (1u << 1)  /* create the file if it is missing */
+#define QED_OPEN_DIRECT (1u << 2)  /* bypass the host's page cache
+                                    * (O_DIRECT); a file layer that
+                                    * cannot fails the open with EINVAL */
 
 struct qed_opener {
   /* The name under which to open name, which the file called base

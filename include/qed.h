@@ -69,6 +69,10 @@ struct qed_open_options {
   size_t l2_cache_size;
   /* Take no QEMU-compatible OFD locks on the image and backing files. */
   bool no_locking;
+  /* Open the image and its backing files with QED_OPEN_DIRECT: I/O
+   * bypasses the host's page cache.
+   */
+  bool direct;
   /* Run check (and repair, if writable) on open even when the image
    * does not have NEED_CHECK set.  For images from untrusted sources.
    */
