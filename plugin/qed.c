@@ -39,6 +39,13 @@ static bool always_check;
  * may also give host space back (unmap).
  */
 static enum { DETECT_OFF, DETECT_ON, DETECT_UNMAP } detect_zeroes;
+/* cache=, as qemu-nbd's: writes durable only when the client flushes
+ * (writeback), always before they are acknowledged (writethrough),
+ * through direct I/O (none), or never (unsafe: flushes are ignored).
+ */
+static enum {
+  CACHE_WRITEBACK, CACHE_WRITETHROUGH, CACHE_NONE, CACHE_UNSAFE
+} cache_mode;
 
 static struct qed_image *image;
 
@@ -148,6 +155,21 @@ qed_config (const char *key, const char *value)
       return -1;
     }
   }
+  else if (strcmp (key, "cache") == 0) {
+    if (strcmp (value, "writeback") == 0)
+      cache_mode = CACHE_WRITEBACK;
+    else if (strcmp (value, "writethrough") == 0)
+      cache_mode = CACHE_WRITETHROUGH;
+    else if (strcmp (value, "none") == 0)
+      cache_mode = CACHE_NONE;
+    else if (strcmp (value, "unsafe") == 0)
+      cache_mode = CACHE_UNSAFE;
+    else {
+      nbdkit_error ("cache must be writeback, writethrough, none or unsafe,"
+                    " not %s", value);
+      return -1;
+    }
+  }
   else {
     nbdkit_error ("unknown parameter '%s'", key);
     return -1;
@@ -182,7 +204,9 @@ qed_config_complete (void)
   "                         or only when it was not closed cleanly (auto).\n" \
   "detect-zeroes=off|on|unmap\n" \
   "                         Writes of zeros become zero requests (off by\n" \
-  "                         default; unmap: giving host space back)."
+  "                         default; unmap: giving host space back).\n" \
+  "cache=writeback|writethrough|none|unsafe\n" \
+  "                         When writes are made durable (as qemu-nbd's)."
 
 /* Extra --dump-plugin lines. */
 static void
@@ -207,6 +231,7 @@ qed_get_ready (void)
     .l2_cache_size = l2_cache_size,
     .no_locking = no_locking,
     .always_check = always_check,
+    .direct = cache_mode == CACHE_NONE,
   };
 
   return qed_image_open (filename, &opts, &image) < 0 ? -1 : 0;
@@ -368,10 +393,16 @@ qed_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
   return to_nbdkit (qed_image_read (image, buf, count, offset));
 }
 
+/* The request's flags for the engine.  FUA follows the cache mode:
+ * writethrough makes every write durable, unsafe none.
+ */
 static unsigned
 engine_flags (uint32_t flags)
 {
-  return (flags & NBDKIT_FLAG_FUA ? QED_FUA : 0) |
+  bool fua = cache_mode == CACHE_WRITETHROUGH ||
+    (cache_mode != CACHE_UNSAFE && (flags & NBDKIT_FLAG_FUA));
+
+  return (fua ? QED_FUA : 0) |
     (flags & NBDKIT_FLAG_FAST_ZERO ? QED_FAST_ZERO : 0) |
     (flags & NBDKIT_FLAG_MAY_TRIM ? QED_MAY_TRIM : 0);
 }
@@ -391,7 +422,7 @@ qed_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
             uint32_t flags)
 {
   if (detect_zeroes != DETECT_OFF && is_zero (buf, count)) {
-    unsigned zero_flags = flags & NBDKIT_FLAG_FUA ? QED_FUA : 0;
+    unsigned zero_flags = engine_flags (flags & NBDKIT_FLAG_FUA);
 
     if (detect_zeroes == DETECT_UNMAP)
       zero_flags |= QED_MAY_TRIM;
@@ -426,10 +457,12 @@ qed_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
   return to_nbdkit (qed_image_prefetch (image, count, offset));
 }
 
-/* Make everything written durable. */
+/* Make everything written durable (cache=unsafe: pretend to). */
 static int
 qed_flush (void *handle, uint32_t flags)
 {
+  if (cache_mode == CACHE_UNSAFE)
+    return 0;
   return to_nbdkit (qed_image_flush (image));
 }
 

@@ -78,9 +78,9 @@ test "$(resident base.raw)" -ge $((4 * 1024 * 1024))
 # reads the slice first.
 start_nbdkit cold "$plugin" -r disk.qed
 for srv in d cold; do
-    trace_nbdkit $srv pread64
+    trace_server $srv pread64
     nbdsh -u "$(eval echo \$uri_$srv)" -c 'h.pread(8 * 1024 * 1024, 8 * 1024 * 1024)'
-    untrace_nbdkit $srv
+    untrace_server $srv
     cat $srv.strace
 done
 if grep -E 'pread64\(.*, 4096, ' d.strace; then
