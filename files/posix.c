@@ -316,6 +316,30 @@ special_type (mode_t mode)
   return "not a regular file";
 }
 
+/* The file over fd, which it owns from then on (also on failure). */
+static int
+file_new (int fd, const char *path, bool writable, bool direct,
+          struct qed_file **filep)
+{
+  struct posix_file *pf = calloc (1, sizeof *pf);
+  int e;
+
+  if (pf == NULL || (pf->path = strdup (path)) == NULL) {
+    e = errno;
+    free (pf);
+    close (fd);
+    return -e;
+  }
+  pf->base.ops = &posix_ops;
+  pf->base.writable = writable;
+  pf->fd = fd;
+  pf->lock_mode = QED_LOCK_NONE;
+  pf->direct = direct;
+  pthread_mutex_init (&pf->rmw_lock, NULL);
+  *filep = &pf->base;
+  return 0;
+}
+
 /* -errno of a failed open, saying so when it was direct I/O that the
  * file system refused (ramfs, tmpfs before Linux 6.6).
  */
@@ -339,7 +363,6 @@ posix_open (const struct qed_opener *opener, const char *path,
   /* Non-blocking, so that a FIFO cannot hang the open. */
   int oflags = O_CLOEXEC | O_NONBLOCK |
     (flags & QED_OPEN_DIRECT ? O_DIRECT : 0);
-  struct posix_file *pf;
   const char *type;
   struct stat st;
   int fd = -1, e;
@@ -373,21 +396,32 @@ posix_open (const struct qed_opener *opener, const char *path,
     return -EINVAL;
   }
 
-  pf = calloc (1, sizeof *pf);
-  if (pf == NULL || (pf->path = strdup (path)) == NULL) {
+  return file_new (fd, path, writable, (flags & QED_OPEN_DIRECT) != 0, filep);
+}
+
+int
+qed_posix_tmpfile (const char *dir, struct qed_file **filep)
+{
+  char *name;
+  int fd, e;
+
+  if (asprintf (&name, "%s/qed-tmp.XXXXXX", dir) == -1)
+    return -ENOMEM;
+  fd = open (dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  /* File systems without O_TMPFILE: the name lives only until the
+   * unlink just after.
+   */
+  if (fd == -1 && (errno == EOPNOTSUPP || errno == EISDIR) &&
+      (fd = mkostemp (name, O_CLOEXEC)) >= 0)
+    unlink (name);
+  if (fd == -1) {
     e = errno;
-    free (pf);
-    close (fd);
+    free (name);
     return -e;
   }
-  pf->base.ops = &posix_ops;
-  pf->base.writable = writable;
-  pf->fd = fd;
-  pf->lock_mode = QED_LOCK_NONE;
-  pf->direct = (flags & QED_OPEN_DIRECT) != 0;
-  pthread_mutex_init (&pf->rmw_lock, NULL);
-  *filep = &pf->base;
-  return 0;
+  e = file_new (fd, name, true, false, filep);
+  free (name);
+  return e;
 }
 
 const struct qed_opener qed_posix_opener = {

@@ -108,4 +108,11 @@ struct qed_opener {
  */
 extern const struct qed_opener qed_posix_opener;
 
+/* A new, empty, writable file in the directory dir that has no name
+ * (O_TMPFILE; where the file system lacks it, the file is unlinked
+ * right after it is made), so that it vanishes when closed, however
+ * the process ends.
+ */
+int qed_posix_tmpfile (const char *dir, struct qed_file **filep);
+
 #endif /* QED_FILE_H */
