@@ -47,6 +47,11 @@ static enum {
   CACHE_WRITEBACK, CACHE_WRITETHROUGH, CACHE_NONE, CACHE_UNSAFE
 } cache_mode;
 
+/* snapshot=true: serve the image read-only under a temporary overlay
+ * that takes the writes (open_snapshot).
+ */
+static bool snapshot;
+
 static struct qed_image *image;
 
 /* nbdkit has errors and debug messages only.  A notice (a repair, a
@@ -170,6 +175,11 @@ qed_config (const char *key, const char *value)
       return -1;
     }
   }
+  else if (strcmp (key, "snapshot") == 0) {
+    if ((r = nbdkit_parse_bool (value)) == -1)
+      return -1;
+    snapshot = r;
+  }
   else {
     nbdkit_error ("unknown parameter '%s'", key);
     return -1;
@@ -190,6 +200,12 @@ qed_config_complete (void)
                   " or backing-format=");
     return -1;
   }
+  /* The image is the overlay's backing file, opened as it is. */
+  if (snapshot && (backing || backing_format)) {
+    nbdkit_error ("snapshot=true cannot be used with backing= or"
+                  " backing-format=");
+    return -1;
+  }
   return 0;
 }
 
@@ -206,7 +222,9 @@ qed_config_complete (void)
   "                         Writes of zeros become zero requests (off by\n" \
   "                         default; unmap: giving host space back).\n" \
   "cache=writeback|writethrough|none|unsafe\n" \
-  "                         When writes are made durable (as qemu-nbd's)."
+  "                         When writes are made durable (as qemu-nbd's).\n" \
+  "snapshot=true            Leave the image unchanged: writes go to a\n" \
+  "                         temporary overlay in $TMPDIR, lost at exit."
 
 /* Extra --dump-plugin lines. */
 static void
@@ -214,6 +232,50 @@ qed_dump_plugin (void)
 {
   printf ("qed_backing_files=raw,qed\n");
   printf ("qed_locking=qemu\n");
+}
+
+/* snapshot=true: the image, opened read-only, becomes the backing file
+ * of a new QED overlay of the same geometry, which takes the writes.
+ * The overlay is a file without a name in $TMPDIR, so nothing is left
+ * behind however nbdkit ends.  The image is first opened on its own,
+ * with the user's options (allow-backing, check), and stays open
+ * until the overlay has it.
+ */
+static int
+open_snapshot (const struct qed_open_options *image_opts)
+{
+  const char *tmpdir = getenv ("TMPDIR") ? getenv ("TMPDIR") : "/tmp";
+  struct qed_open_options read_only = *image_opts;
+  struct qed_open_options overlay_opts = {
+    .access = QED_READ_WRITE,
+    .l2_cache_size = image_opts->l2_cache_size,
+    .no_locking = image_opts->no_locking,
+    .direct = image_opts->direct,
+  };
+  struct qed_create_options create = {
+    .backing_file = filename,
+    .backing_format = "qed",
+  };
+  struct qed_image *base;
+  struct qed_file *tmp;
+  int r;
+
+  read_only.access = QED_READ_ONLY;
+  if (qed_image_open (filename, &read_only, &base) < 0)
+    return -1;
+  create.size = qed_image_size (base);
+  create.cluster_size = qed_image_cluster_size (base);
+
+  r = qed_posix_tmpfile (tmpdir, &tmp);
+  if (r < 0)
+    nbdkit_error ("snapshot: cannot make a temporary file in %s: %s",
+                  tmpdir, strerror (-r));
+  else if ((r = qed_create_file (tmp, &create)) < 0)
+    tmp->ops->close (tmp);
+  else
+    r = qed_image_open_file (tmp, "snapshot overlay", &overlay_opts, &image);
+  qed_image_close (base);
+  return r < 0 ? -1 : 0;
 }
 
 /* Open and validate the image, so a bad one fails at start.  Writes
@@ -234,6 +296,8 @@ qed_get_ready (void)
     .direct = cache_mode == CACHE_NONE,
   };
 
+  if (snapshot)
+    return open_snapshot (&opts);
   return qed_image_open (filename, &opts, &image) < 0 ? -1 : 0;
 }
 
@@ -360,6 +424,11 @@ qed_export_description (void *handle)
   const char *backing_name;
 
   qed_image_get_info (image, &info);
+  if (snapshot)                 /* the overlay's backing file is the image */
+    return nbdkit_printf_intern ("QED image, virtual size %" PRIu64
+                                 " bytes, cluster size %" PRIu32
+                                 ", snapshot: writes are discarded at exit",
+                                 info.size, info.cluster_size);
   backing_name = backing ? backing : info.backing_name;
   if (backing_name == NULL)
     return nbdkit_printf_intern ("QED image, virtual size %" PRIu64
@@ -394,13 +463,15 @@ qed_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
 }
 
 /* The request's flags for the engine.  FUA follows the cache mode:
- * writethrough makes every write durable, unsafe none.
+ * writethrough makes every write durable, unsafe none; nor does a
+ * snapshot, whose writes are lost at exit anyway.
  */
 static unsigned
 engine_flags (uint32_t flags)
 {
-  bool fua = cache_mode == CACHE_WRITETHROUGH ||
-    (cache_mode != CACHE_UNSAFE && (flags & NBDKIT_FLAG_FUA));
+  bool fua = !snapshot && (cache_mode == CACHE_WRITETHROUGH ||
+                           (cache_mode != CACHE_UNSAFE &&
+                            (flags & NBDKIT_FLAG_FUA)));
 
   return (fua ? QED_FUA : 0) |
     (flags & NBDKIT_FLAG_FAST_ZERO ? QED_FAST_ZERO : 0) |
@@ -457,11 +528,13 @@ qed_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
   return to_nbdkit (qed_image_prefetch (image, count, offset));
 }
 
-/* Make everything written durable (cache=unsafe: pretend to). */
+/* Make everything written durable (cache=unsafe and snapshots, whose
+ * writes are lost at exit: pretend to).
+ */
 static int
 qed_flush (void *handle, uint32_t flags)
 {
-  if (cache_mode == CACHE_UNSAFE)
+  if (cache_mode == CACHE_UNSAFE || snapshot)
     return 0;
   return to_nbdkit (qed_image_flush (image));
 }
