@@ -1,8 +1,10 @@
 /* nbdkit-qed: an nbdkit plugin serving QEMU QED disk images.
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
- * The callbacks only map NBD requests onto the engine (engine/): one
- * image, opened in .get_ready, is shared by every connection.
+ * The callbacks only map NBD requests onto the engine (engine/).  With
+ * file=, one image, opened in .get_ready, is shared by every
+ * connection; with dir=, each connection gets the image its export
+ * name names, shared with the other connections to it (exports.c).
  */
 
 #include <config.h>
@@ -19,6 +21,7 @@
 #include <nbdkit-plugin.h>
 
 #include "qed.h"
+#include "exports.h"
 
 /* Milliseconds without allocating writes before the image is marked
  * clean (QEMU waits 5 seconds too).
@@ -29,6 +32,8 @@
 #define MAX_REQUEST (32 * 1024 * 1024)
 
 static char *filename;
+static char *dir;                       /* dir=: serve its images */
+static char *default_export;            /* dir=: served for the name "" */
 static char *backing;
 static const char *backing_format;
 static bool no_backing;
@@ -52,7 +57,7 @@ static enum {
  */
 static bool snapshot;
 
-static struct qed_image *image;
+static struct qed_image *image;         /* file= */
 
 /* nbdkit has errors and debug messages only.  A notice (a repair, a
  * fallback) is no error: it goes to stderr in nbdkit's own format,
@@ -86,6 +91,8 @@ static void
 qed_unload (void)
 {
   free (filename);
+  free (dir);
+  free (default_export);
   free (backing);
 }
 
@@ -105,6 +112,20 @@ qed_config (const char *key, const char *value)
     filename = nbdkit_realpath (value);
     if (filename == NULL)
       return -1;
+  }
+  else if (strcmp (key, "dir") == 0) {
+    free (dir);
+    dir = nbdkit_realpath (value);
+    if (dir == NULL)
+      return -1;
+  }
+  else if (strcmp (key, "default-export") == 0) {
+    free (default_export);
+    default_export = strdup (value);
+    if (default_export == NULL) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
   }
   else if (strcmp (key, "backing") == 0) {
     free (backing);
@@ -191,8 +212,22 @@ qed_config (const char *key, const char *value)
 static int
 qed_config_complete (void)
 {
-  if (filename == NULL) {
-    nbdkit_error ("you must supply the file=<FILENAME> parameter");
+  if (filename == NULL && dir == NULL) {
+    nbdkit_error ("you must supply the file=<FILENAME> parameter"
+                  " (or dir=<DIRECTORY>)");
+    return -1;
+  }
+  if (filename && dir) {
+    nbdkit_error ("file= and dir= cannot be used together");
+    return -1;
+  }
+  if (dir && (backing || backing_format || snapshot)) {
+    nbdkit_error ("dir= cannot be used with backing=, backing-format= or"
+                  " snapshot=true");
+    return -1;
+  }
+  if (default_export && dir == NULL) {
+    nbdkit_error ("default-export= needs dir=");
     return -1;
   }
   if (no_backing && (backing || backing_format)) {
@@ -210,7 +245,9 @@ qed_config_complete (void)
 }
 
 #define qed_config_help \
-  "[file=]<FILENAME>        (required) The QED image to serve.\n" \
+  "[file=]<FILENAME>        The QED image to serve, or\n" \
+  "dir=<DIRECTORY>          serve each QED image in it as an export.\n" \
+  "default-export=<NAME>    With dir=: the image for the default export.\n" \
   "backing=<FILENAME>       Backing file to use instead of the image's.\n" \
   "backing-format=raw|qed   Format of the backing file.\n" \
   "allow-backing=false      Refuse images that have a backing file.\n" \
@@ -296,6 +333,8 @@ qed_get_ready (void)
     .direct = cache_mode == CACHE_NONE,
   };
 
+  if (dir)
+    return exports_init (dir, &opts, IDLE_MS);
   if (snapshot)
     return open_snapshot (&opts);
   return qed_image_open (filename, &opts, &image) < 0 ? -1 : 0;
@@ -305,6 +344,8 @@ qed_get_ready (void)
 static int
 qed_after_fork (void)
 {
+  if (dir)                      /* each image starts its own on open */
+    return 0;
   return qed_image_start_background (image, IDLE_MS) < 0 ? -1 : 0;
 }
 
@@ -316,6 +357,7 @@ qed_cleanup (void)
     qed_image_close (image);
     image = NULL;
   }
+  exports_free ();
 }
 
 /* A writable connection turns writes on (write lock, repair) if they
@@ -326,16 +368,66 @@ qed_cleanup (void)
 static void *
 qed_open (int readonly)
 {
+  const char *name;
+
+  if (dir) {
+    name = nbdkit_export_name ();
+    if (name == NULL)
+      return NULL;
+    if (name[0] == '\0') {
+      nbdkit_error ("no default export: name one of the images in %s"
+                    " (nbdinfo --list shows them), or start the server"
+                    " with default-export=NAME", dir);
+      return NULL;
+    }
+    /* Writes are turned on by the first write request (writable_image),
+     * so that probes (NBD_OPT_INFO) leave the image alone.
+     */
+    return export_get (name);
+  }
   if (!readonly && qed_image_enable_writes (image) < 0)
     nbdkit_debug ("serving this connection read-only");
   return NBDKIT_HANDLE_NOT_NEEDED;
+}
+
+/* dir=: the connection's export has served its last request. */
+static void
+qed_close (void *handle)
+{
+  if (dir)
+    export_put (handle);
+}
+
+/* The connection's image. */
+static struct qed_image *
+image_of (void *handle)
+{
+  return dir ? export_image (handle) : image;
+}
+
+/* dir=: the exports, with descriptions. */
+static int
+qed_list_exports (int readonly, int is_tls, struct nbdkit_exports *exports)
+{
+  if (dir)
+    return exports_list (exports);
+  return nbdkit_use_default_export (exports);
+}
+
+/* dir=: the default export is the one default-export= names, else
+ * none (qed_open refuses "").
+ */
+static const char *
+qed_default_export (int readonly, int is_tls)
+{
+  return dir && default_export ? default_export : "";
 }
 
 /* Size of the virtual disk. */
 static int64_t
 qed_get_size (void *handle)
 {
-  return qed_image_size (image);
+  return qed_image_size (image_of (handle));
 }
 
 /* Any alignment works; whole clusters avoid copy-on-write. */
@@ -343,7 +435,7 @@ static int
 qed_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
                 uint32_t *maximum)
 {
-  uint32_t cluster = qed_image_cluster_size (image);
+  uint32_t cluster = qed_image_cluster_size (image_of (handle));
 
   *minimum = 1;
   *preferred = cluster < MAX_REQUEST ? cluster : MAX_REQUEST;
@@ -351,11 +443,13 @@ qed_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
   return 0;
 }
 
-/* Writable once qed_open turned writes on. */
+/* Writable once qed_open turned writes on; with dir=, writes are
+ * turned on by the first write (writable_image).
+ */
 static int
 qed_can_write (void *handle)
 {
-  return qed_image_is_writable (image);
+  return dir ? 1 : qed_image_is_writable (image);
 }
 
 /* All connections share one image, and flush is global. */
@@ -421,27 +515,22 @@ static const char *
 qed_export_description (void *handle)
 {
   struct qed_image_info info;
-  const char *backing_name;
+  char desc[4096 + 256];
 
-  qed_image_get_info (image, &info);
+  qed_image_get_info (image_of (handle), &info);
   if (snapshot)                 /* the overlay's backing file is the image */
     return nbdkit_printf_intern ("QED image, virtual size %" PRIu64
                                  " bytes, cluster size %" PRIu32
                                  ", snapshot: writes are discarded at exit",
                                  info.size, info.cluster_size);
-  backing_name = backing ? backing : info.backing_name;
-  if (backing_name == NULL)
-    return nbdkit_printf_intern ("QED image, virtual size %" PRIu64
-                                 " bytes, cluster size %" PRIu32
-                                 ", no backing file",
-                                 info.size, info.cluster_size);
-  return nbdkit_printf_intern ("QED image, virtual size %" PRIu64
-                               " bytes, cluster size %" PRIu32
-                               ", backing file %s%s",
-                               info.size, info.cluster_size, backing_name,
-                               (backing_format
-                                ? strcmp (backing_format, "raw") == 0
-                                : info.backing_raw) ? " (raw)" : "");
+  if (backing)
+    describe_image (desc, sizeof desc, &info, backing,
+                    backing_format && strcmp (backing_format, "raw") == 0);
+  else
+    describe_image (desc, sizeof desc, &info, info.backing_name,
+                    backing_format ? strcmp (backing_format, "raw") == 0
+                    : info.backing_raw);
+  return nbdkit_strdup_intern (desc);
 }
 
 /* The engine's result as nbdkit's: 0, or -1 with errno set. */
@@ -459,7 +548,7 @@ static int
 qed_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
            uint32_t flags)
 {
-  return to_nbdkit (qed_image_read (image, buf, count, offset));
+  return to_nbdkit (qed_image_read (image_of (handle), buf, count, offset));
 }
 
 /* The request's flags for the engine.  FUA follows the cache mode:
@@ -478,6 +567,22 @@ engine_flags (uint32_t flags)
     (flags & NBDKIT_FLAG_MAY_TRIM ? QED_MAY_TRIM : 0);
 }
 
+/* The connection's image for a write request, or NULL with errno set.
+ * With dir=, the first write turns writes on (lock, repair).
+ */
+static struct qed_image *
+writable_image (void *handle)
+{
+  struct qed_image *img = image_of (handle);
+  int r;
+
+  if (dir && (r = qed_image_enable_writes (img)) < 0) {
+    errno = -r;
+    return NULL;
+  }
+  return img;
+}
+
 /* Whether the buffer holds only zeros; stops at the first byte that
  * is not, so that data costs next to nothing.
  */
@@ -492,14 +597,18 @@ static int
 qed_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
             uint32_t flags)
 {
+  struct qed_image *img = writable_image (handle);
+
+  if (img == NULL)
+    return -1;
   if (detect_zeroes != DETECT_OFF && is_zero (buf, count)) {
     unsigned zero_flags = engine_flags (flags & NBDKIT_FLAG_FUA);
 
     if (detect_zeroes == DETECT_UNMAP)
       zero_flags |= QED_MAY_TRIM;
-    return to_nbdkit (qed_image_zero (image, count, offset, zero_flags));
+    return to_nbdkit (qed_image_zero (img, count, offset, zero_flags));
   }
-  return to_nbdkit (qed_image_write (image, buf, count, offset,
+  return to_nbdkit (qed_image_write (img, buf, count, offset,
                                      engine_flags (flags)));
 }
 
@@ -507,7 +616,11 @@ qed_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
 static int
 qed_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return to_nbdkit (qed_image_zero (image, count, offset,
+  struct qed_image *img = writable_image (handle);
+
+  if (img == NULL)
+    return -1;
+  return to_nbdkit (qed_image_zero (img, count, offset,
                                     engine_flags (flags)));
 }
 
@@ -515,7 +628,11 @@ qed_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 static int
 qed_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return to_nbdkit (qed_image_trim (image, count, offset,
+  struct qed_image *img = writable_image (handle);
+
+  if (img == NULL)
+    return -1;
+  return to_nbdkit (qed_image_trim (img, count, offset,
                                     engine_flags (flags)));
 }
 
@@ -525,7 +642,7 @@ qed_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 static int
 qed_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return to_nbdkit (qed_image_prefetch (image, count, offset));
+  return to_nbdkit (qed_image_prefetch (image_of (handle), count, offset));
 }
 
 /* Make everything written durable (cache=unsafe and snapshots, whose
@@ -536,7 +653,7 @@ qed_flush (void *handle, uint32_t flags)
 {
   if (cache_mode == CACHE_UNSAFE || snapshot)
     return 0;
-  return to_nbdkit (qed_image_flush (image));
+  return to_nbdkit (qed_image_flush (image_of (handle)));
 }
 
 struct extents_request {
@@ -564,7 +681,7 @@ qed_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
     .req_one = flags & NBDKIT_FLAG_REQ_ONE,
   };
 
-  return to_nbdkit (qed_image_block_status (image, count, offset,
+  return to_nbdkit (qed_image_block_status (image_of (handle), count, offset,
                                             add_extent, &req));
 }
 
@@ -582,7 +699,10 @@ static struct nbdkit_plugin plugin = {
   .get_ready          = qed_get_ready,
   .after_fork         = qed_after_fork,
   .cleanup            = qed_cleanup,
+  .list_exports       = qed_list_exports,
+  .default_export     = qed_default_export,
   .open               = qed_open,
+  .close              = qed_close,
   .export_description = qed_export_description,
   .get_size           = qed_get_size,
   .block_size         = qed_block_size,

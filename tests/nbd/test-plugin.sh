@@ -17,7 +17,7 @@ grep '^thread_model=parallel$' "$tmpdir/dump"
 grep '^qed_backing_files=raw,qed$' "$tmpdir/dump"
 nbdkit "$plugin" --help > "$tmpdir/help"
 for p in file= backing= backing-format= allow-backing= l2-cache-size= \
-         locking= check= detect-zeroes= cache= snapshot=; do
+         locking= check= detect-zeroes= cache= snapshot= dir= default-export=; do
     grep -- "$p" "$tmpdir/help"
 done
 

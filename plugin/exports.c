@@ -1,0 +1,284 @@
+/* nbdkit-qed: the images of a directory as exports (dir=).
+ * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * Notes on the design
+ * -------------------
+ * An export is a QED image in the directory (a regular file whose
+ * first bytes are the QED magic; subdirectories are not searched),
+ * named by its file name.  Its image is opened by the first connection
+ * that names it and closed (flushed, NEED_CHECK cleared) when the last
+ * one ends; the connections in between share it, so flush and
+ * multi-conn work per export as in file mode.  Open exports are keyed
+ * by device and inode, so two names of one file (hard links) share
+ * one open image.
+ *
+ * Export names come from clients.  A name is checked to be a plain
+ * file name (not empty, no '/', not "." or "..") before anything is
+ * looked up, and is then looked up relative to the directory without
+ * following symbolic links, so nothing outside the directory is
+ * touched on a client's word.  An image that fails to open fails only
+ * the connections that name it.
+ *
+ * Listing the exports reads each image's header with no lock and
+ * never writes; opening an image for a connection writes nothing
+ * either: writes are turned on (lock, repair) by the first write
+ * request (qed.c), so that NBD_OPT_INFO probes leave images alone.
+ *
+ * Locking: lock guards the list of open exports and their connection
+ * counts.  It is held while an image is opened or closed, so a
+ * connection never finds an image half open or half closed; opens of
+ * different images wait for each other meanwhile.  The images are the
+ * engine's, used from any thread without it.
+ */
+
+#include <config.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "exports.h"
+
+struct export {
+  struct qed_image *image;
+  dev_t dev;
+  ino_t ino;
+  unsigned connections;         /* under lock */
+  struct export *next;          /* under lock */
+};
+
+static char *dir_path;
+static int dir_fd = -1;
+static struct qed_open_options open_opts;
+static unsigned idle_ms;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static struct export *open_exports;     /* under lock */
+
+int
+exports_init (const char *dir, const struct qed_open_options *opts,
+              unsigned idle)
+{
+  dir_fd = open (dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd == -1) {
+    nbdkit_error ("dir=%s: %m", dir);
+    return -1;
+  }
+  dir_path = strdup (dir);
+  if (dir_path == NULL) {
+    nbdkit_error ("strdup: %m");
+    return -1;
+  }
+  open_opts = *opts;
+  idle_ms = idle;
+  return 0;
+}
+
+void
+exports_free (void)
+{
+  if (dir_fd >= 0)
+    close (dir_fd);
+  free (dir_path);
+}
+
+/* Whether the name is one of a file directly in the directory. */
+static bool
+is_plain_name (const char *name)
+{
+  return name[0] != '\0' && strchr (name, '/') == NULL &&
+    strcmp (name, ".") != 0 && strcmp (name, "..") != 0;
+}
+
+/* Check name, and find the regular file it names in the directory
+ * (not following links) that starts with the QED magic; fills in *st.
+ * Quiet (returns 1) when it is no QED image, for listing; -1 on
+ * errors, which are reported.
+ */
+static int
+find_image (const char *name, struct stat *st)
+{
+  char magic[4];
+  ssize_t n;
+  int fd;
+
+  if (!is_plain_name (name)) {
+    nbdkit_error ("export '%s': an export is named by a file name in the"
+                  " directory (no '/', not '.' or '..')", name);
+    return -1;
+  }
+  fd = openat (dir_fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+  if (fd == -1) {
+    if (errno == ELOOP)
+      return 1;                 /* a symbolic link */
+    nbdkit_error ("export '%s': %s/%s: %m", name, dir_path, name);
+    return -1;
+  }
+  if (fstat (fd, st) == -1) {
+    nbdkit_error ("export '%s': fstat: %m", name);
+    close (fd);
+    return -1;
+  }
+  n = S_ISREG (st->st_mode) ? pread (fd, magic, sizeof magic, 0) : 0;
+  close (fd);
+  return n == sizeof magic && memcmp (magic, "QED", 4) == 0 ? 0 : 1;
+}
+
+struct export *
+export_get (const char *name)
+{
+  struct export *e;
+  struct stat st;
+  char *path;
+  int r;
+
+  if ((r = find_image (name, &st)) != 0) {
+    if (r == 1)
+      nbdkit_error ("export '%s': no QED image of that name in %s", name,
+                    dir_path);
+    return NULL;
+  }
+
+  pthread_mutex_lock (&lock);
+  for (e = open_exports; e; e = e->next)
+    if (e->dev == st.st_dev && e->ino == st.st_ino)
+      break;
+  if (e == NULL) {
+    e = calloc (1, sizeof *e);
+    if (e == NULL || asprintf (&path, "%s/%s", dir_path, name) == -1) {
+      nbdkit_error ("export '%s': %m", name);
+      free (e);
+      e = NULL;
+      goto out;
+    }
+    r = qed_image_open (path, &open_opts, &e->image);
+    if (r == 0 && (r = qed_image_start_background (e->image, idle_ms)) < 0)
+      qed_image_close (e->image);
+    free (path);
+    if (r < 0) {
+      nbdkit_error ("export '%s': cannot open the image: %s", name,
+                    strerror (-r));
+      free (e);
+      e = NULL;
+      goto out;
+    }
+    e->dev = st.st_dev;
+    e->ino = st.st_ino;
+    e->next = open_exports;
+    open_exports = e;
+    nbdkit_debug ("export '%s': opened the image", name);
+  }
+  e->connections++;
+ out:
+  pthread_mutex_unlock (&lock);
+  return e;
+}
+
+void
+export_put (struct export *e)
+{
+  struct export **p;
+
+  pthread_mutex_lock (&lock);
+  if (--e->connections == 0) {
+    for (p = &open_exports; *p != e; p = &(*p)->next)
+      ;
+    *p = e->next;
+    if (qed_image_close (e->image) < 0)
+      nbdkit_error ("closing an image after its last connection failed");
+    free (e);
+  }
+  pthread_mutex_unlock (&lock);
+}
+
+struct qed_image *
+export_image (const struct export *e)
+{
+  return e->image;
+}
+
+void
+describe_image (char *buf, size_t size, const struct qed_image_info *info,
+                const char *backing_name, bool raw)
+{
+  if (backing_name == NULL)
+    snprintf (buf, size, "QED image, virtual size %" PRIu64 " bytes, cluster"
+              " size %" PRIu32 ", no backing file", info->size,
+              info->cluster_size);
+  else
+    snprintf (buf, size, "QED image, virtual size %" PRIu64 " bytes, cluster"
+              " size %" PRIu32 ", backing file %s%s", info->size,
+              info->cluster_size, backing_name, raw ? " (raw)" : "");
+}
+
+/* The description of the image at path, from its header alone, read
+ * without a lock; -1 if the header cannot be read.
+ */
+static int
+describe_file (char *buf, size_t size, const char *path)
+{
+  struct qed_open_options opts = {
+    .access = QED_READ_ONLY,
+    .header_only = true,
+    .no_locking = true,
+    .l2_cache_size = 64 * 1024,
+  };
+  struct qed_image_info info;
+  struct qed_image *img;
+
+  if (qed_image_open (path, &opts, &img) < 0)
+    return -1;
+  qed_image_get_info (img, &info);
+  describe_image (buf, size, &info, info.backing_name, info.backing_raw);
+  qed_image_close (img);
+  return 0;
+}
+
+int
+exports_list (struct nbdkit_exports *exports)
+{
+  struct dirent *d;
+  struct stat st;
+  char desc[4096 + 256], *path;
+  DIR *dp;
+  int dup_fd, r = 0;
+
+  /* A DIR of its own, so that listings in parallel do not share a
+   * position.
+   */
+  dup_fd = openat (dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dup_fd == -1 || (dp = fdopendir (dup_fd)) == NULL) {
+    nbdkit_error ("%s: %m", dir_path);
+    if (dup_fd >= 0)
+      close (dup_fd);
+    return -1;
+  }
+  while (r == 0 && (errno = 0, d = readdir (dp)) != NULL) {
+    if (!is_plain_name (d->d_name) || find_image (d->d_name, &st) != 0)
+      continue;
+    if (asprintf (&path, "%s/%s", dir_path, d->d_name) == -1) {
+      nbdkit_error ("asprintf: %m");
+      r = -1;
+      break;
+    }
+    /* A broken image is left out (the log says why): clients that
+     * list the exports and then probe each would fail on it.
+     */
+    if (describe_file (desc, sizeof desc, path) == 0)
+      r = nbdkit_add_export (exports, d->d_name, desc);
+    free (path);
+  }
+  if (r == 0 && errno != 0) {
+    nbdkit_error ("%s: readdir: %m", dir_path);
+    r = -1;
+  }
+  closedir (dp);
+  return r;
+}
