@@ -33,6 +33,7 @@ qed_packages=(
     fio
     jq
     strace                      # tests count system calls
+    gnutls-bin                  # psktool, certtool: the TLS test
     valgrind
     perl                        # pod2man, podchecker
     clang
