@@ -19,6 +19,13 @@
  * touched on a client's word.  An image that fails to open fails only
  * the connections that name it.
  *
+ * Backing files are opened through shared_opener: a file opened
+ * read-only (a backing file; an export's own image is opened for
+ * writing) is opened once, and every image whose chain holds it gets a
+ * reference to that one open file (shared_file), keyed by device and
+ * inode too.  Each image still keeps its own tables and caches of a
+ * QED backing file.
+ *
  * Listing the exports reads each image's header with no lock and
  * never writes; opening an image for a connection writes nothing
  * either: writes are turned on (lock, repair) by the first write
@@ -27,8 +34,11 @@
  * Locking: lock guards the list of open exports and their connection
  * counts.  It is held while an image is opened or closed, so a
  * connection never finds an image half open or half closed; opens of
- * different images wait for each other meanwhile.  The images are the
- * engine's, used from any thread without it.
+ * different images wait for each other meanwhile.  shared_lock guards
+ * the list of shared files and their references; it is taken inside
+ * lock (the engine opens and closes backing files while an export is
+ * opened or closed), never the other way round.  The images and files
+ * are used from any thread without either.
  */
 
 #include <config.h>
@@ -55,12 +65,161 @@ struct export {
   struct export *next;          /* under lock */
 };
 
+struct shared_file;
+
 static char *dir_path;
 static int dir_fd = -1;
 static struct qed_open_options open_opts;
 static unsigned idle_ms;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct export *open_exports;     /* under lock */
+
+/* A reference to a file opened read-only once for every image that
+ * uses it.  Requests go to the one open file; closing the last
+ * reference closes it.
+ */
+struct shared_file {
+  struct qed_file base;         /* first, so a qed_file * converts */
+  struct qed_file *file;        /* the one open file */
+  uint64_t id[2];               /* its device and inode */
+  unsigned refs;                /* under shared_lock */
+  struct shared_file *next;     /* under shared_lock */
+};
+
+static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct shared_file *shared_files;       /* under shared_lock */
+
+static struct qed_file *
+file_of (struct qed_file *f)
+{
+  return ((struct shared_file *) f)->file;
+}
+
+static int
+shared_pread (struct qed_file *f, void *buf, size_t count, uint64_t offset)
+{
+  return file_of (f)->ops->pread (file_of (f), buf, count, offset);
+}
+
+static int
+shared_get_size (struct qed_file *f, uint64_t *size)
+{
+  return file_of (f)->ops->get_size (file_of (f), size);
+}
+
+/* Backing files are only ever locked shared: the first such lock
+ * holds for every reference.
+ */
+static int
+shared_lock_file (struct qed_file *f, enum qed_lock_mode mode)
+{
+  struct qed_file *file = file_of (f);
+
+  if (mode != QED_LOCK_SHARED || file->ops->lock == NULL)
+    return 0;
+  return file->ops->lock (file, mode);
+}
+
+static int
+shared_identity (struct qed_file *f, uint64_t id[2])
+{
+  id[0] = ((struct shared_file *) f)->id[0];
+  id[1] = ((struct shared_file *) f)->id[1];
+  return 0;
+}
+
+static int
+shared_prefetch (struct qed_file *f, uint64_t offset, uint64_t count)
+{
+  struct qed_file *file = file_of (f);
+
+  return file->ops->prefetch ? file->ops->prefetch (file, offset, count) : 0;
+}
+
+static void
+shared_close (struct qed_file *f)
+{
+  struct shared_file *sf = (struct shared_file *) f, **p;
+
+  pthread_mutex_lock (&shared_lock);
+  if (--sf->refs == 0) {
+    for (p = &shared_files; *p != sf; p = &(*p)->next)
+      ;
+    *p = sf->next;
+    sf->file->ops->close (sf->file);
+    free (sf);
+  }
+  pthread_mutex_unlock (&shared_lock);
+}
+
+static const struct qed_file_ops shared_ops = {
+  .pread = shared_pread,
+  .get_size = shared_get_size,
+  .close = shared_close,
+  .lock = shared_lock_file,
+  .identity = shared_identity,
+  .prefetch = shared_prefetch,
+};
+
+/* Files opened for writing (the exports' images) are the POSIX
+ * opener's own; read-only ones (backing files) are shared.
+ */
+static int
+shared_open (const struct qed_opener *opener, const char *name,
+             unsigned flags, struct qed_file **filep)
+{
+  struct shared_file *sf;
+  struct qed_file *file;
+  uint64_t id[2];
+  struct stat st;
+  int r;
+
+  if (flags & QED_OPEN_WRITE)
+    return qed_posix_opener.open (&qed_posix_opener, name, flags, filep);
+
+  pthread_mutex_lock (&shared_lock);
+  if (stat (name, &st) == 0)
+    for (sf = shared_files; sf; sf = sf->next)
+      if (sf->id[0] == (uint64_t) st.st_dev &&
+          sf->id[1] == (uint64_t) st.st_ino) {
+        sf->refs++;
+        *filep = &sf->base;
+        r = 0;
+        goto out;
+      }
+  r = qed_posix_opener.open (&qed_posix_opener, name, flags, &file);
+  if (r < 0)
+    goto out;
+  if ((r = file->ops->identity (file, id)) < 0 ||
+      (sf = calloc (1, sizeof *sf)) == NULL) {
+    r = r < 0 ? r : -ENOMEM;
+    file->ops->close (file);
+    goto out;
+  }
+  sf->base.ops = &shared_ops;
+  sf->file = file;
+  sf->id[0] = id[0];
+  sf->id[1] = id[1];
+  sf->refs = 1;
+  sf->next = shared_files;
+  shared_files = sf;
+  *filep = &sf->base;
+ out:
+  pthread_mutex_unlock (&shared_lock);
+  return r;
+}
+
+static int
+shared_resolve (const struct qed_opener *opener, const char *name,
+                const char *base, char **resolved)
+{
+  return qed_posix_opener.resolve (&qed_posix_opener, name, base, resolved);
+}
+
+static const struct qed_opener shared_opener = {
+  .resolve = shared_resolve,
+  .open = shared_open,
+};
 
 int
 exports_init (const char *dir, const struct qed_open_options *opts,
@@ -77,6 +236,7 @@ exports_init (const char *dir, const struct qed_open_options *opts,
     return -1;
   }
   open_opts = *opts;
+  open_opts.opener = &shared_opener;
   idle_ms = idle;
   return 0;
 }

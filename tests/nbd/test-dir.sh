@@ -20,6 +20,7 @@ qemu-img create -q -f qed d/a.qed 64M
 qemu-img create -q -f qed -o cluster_size=4k d/b.qed 64M
 head -c 1M /dev/urandom > base.raw
 qemu-img create -q -f qed -b "$tmpdir/base.raw" -F raw d/c.qed 8M
+qemu-img create -q -f qed -b "$tmpdir/base.raw" -F raw d/c2.qed 8M
 ln d/a.qed d/a-link.qed                 # a second name of a.qed
 ln -s a.qed d/sym.qed                   # links are not followed
 echo 'not an image' > d/notes.txt
@@ -43,7 +44,7 @@ uri_of () { echo "nbd+unix:///$1?socket=$sock"; }
 nbdinfo --list --json "$uri_srv" > list
 jq -r '.exports[]."export-name"' list | sort > names
 cat names
-printf '%s\n' a-link.qed a.qed b.qed c.qed dirty.qed | diff - names
+printf '%s\n' a-link.qed a.qed b.qed c.qed c2.qed dirty.qed | diff - names
 test "$(jq -r '.exports[] | select(."export-name" == "b.qed") | .description' list)" = \
      "QED image, virtual size 67108864 bytes, cluster size 4096, no backing file"
 test "$(jq -r '.exports[] | select(."export-name" == "c.qed") | .description' list)" = \
@@ -123,16 +124,33 @@ qemu-io -f qed -c 'read -P 0x51 60M 64k' -c 'write -P 0x52 0 512' d/a.qed |
     grep -F 'read 65536/65536'
 # ... and opened again, with what QEMU wrote, by the next connection.
 nbdsh -u "$(uri_of a.qed)" -c 'assert h.pread(512, 0) == b"R" * 512'
+
+# 7. A backing file that two exports share is opened once, read-only.
+pid=$(server_pid srv)
+nbdsh -u "$(uri_of c.qed)" -c "
+import os
+h2 = nbd.NBD()
+h2.connect_uri('$(uri_of c2.qed)')
+base = open('base.raw', 'rb').read(65536)
+assert h.pread(65536, 0) == base and h2.pread(65536, 0) == base
+fds = [fd for fd in os.listdir('/proc/$pid/fd')
+       if os.readlink('/proc/$pid/fd/' + fd) == '$tmpdir/base.raw']
+assert len(fds) == 1, fds
+with open('/proc/$pid/fdinfo/' + fds[0]) as f:
+    flags = [l.split()[1] for l in f if l.startswith('flags:')][0]
+assert int(flags, 8) & 3 == 0, flags          # O_RDONLY
+h2.shutdown()
+"
 stop_nbdkit srv
 qemu_check_no_corruption d/a.qed
 qemu_check_no_corruption d/b.qed
 
-# 7. default-export= names the default export.
+# 8. default-export= names the default export.
 start_nbdkit def "$plugin" dir=d default-export=b.qed
 test "$(nbdinfo --size "$uri_def")" = 67108864
 stop_nbdkit def
 
-# 8. What cannot work together is refused at start.
+# 9. What cannot work together is refused at start.
 must_refuse_start "file= and dir= cannot be used together" \
     dir=d file=d/a.qed
 must_refuse_start "dir= cannot be used with" dir=d snapshot=true
