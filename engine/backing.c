@@ -369,20 +369,101 @@ backing_prefetch (struct backing *b, uint64_t count, uint64_t offset)
   return r;
 }
 
-int
-backing_status (struct backing *b, uint64_t count, uint64_t offset,
-                qed_extent_fn fn, void *opaque)
+/* Where the map of a backing file ends.  QEMU counts a raw file's
+ * size in whole 512-byte sectors: the bytes from its end to the end of
+ * that sector read as zeros, but the map shows them as the raw file's
+ * (present, at its offsets), and only what lies beyond as the end of
+ * the chain.
+ */
+static uint64_t
+map_end (const struct backing *b)
 {
-  uint64_t n = inside (b, count, offset);
+  if (b->qed || b->size % 512 == 0)
+    return b->size;
+  return b->size + (512 - b->size % 512);
+}
+
+/* The length of the run from offset (at most count, which stays
+ * inside the file) that is all hole or all data, by the file's extent
+ * capability; a file that cannot say, or fails to, has data.
+ */
+static uint64_t
+raw_run (const struct backing *b, uint64_t count, uint64_t offset,
+         bool *hole)
+{
+  struct qed_file *f = b->raw;
+  uint64_t length;
+  int r;
+
+  *hole = false;
+  if (f->ops->extent == NULL)
+    return count;
+  r = f->ops->extent (f, offset, count, &length, hole);
+  if (r < 0) {
+    qed_debug ("%s: cannot find holes at %" PRIu64 ": %s; taken as data",
+               b->path, offset, strerror (-r));
+    *hole = false;
+    return count;
+  }
+  /* A length out of bounds breaks the contract: take the rest alike. */
+  return length >= 1 && length <= count ? length : count;
+}
+
+/* Every byte of a raw file is present at its own offset: data, or a
+ * hole (which reads as zeros), as is its tail after the end.
+ */
+static int
+raw_extents (const struct backing *b, unsigned depth, uint64_t count,
+             uint64_t offset, chain_extent_fn fn, void *opaque)
+{
+  while (count > 0) {
+    struct chain_extent e = {
+      .map = {
+        .offset = offset, .depth = depth, .present = true,
+        .has_host = true, .host = offset, .file = b->path,
+      },
+    };
+    bool hole = true;
+    uint64_t n = count;
+    int r;
+
+    if (offset < b->size)
+      n = raw_run (b, inside (b, count, offset), offset, &hole);
+    e.map.length = n;
+    e.map.zero = hole;
+    e.map.data = !hole;
+    if ((r = fn (opaque, &e)) != 0)
+      return r;
+    offset += n;
+    count -= n;
+  }
+  return 0;
+}
+
+int
+backing_extents (struct qed_image *img, unsigned depth, uint64_t count,
+                 uint64_t offset, chain_extent_fn fn, void *opaque)
+{
+  const struct backing *b = img->backing;
+  uint64_t end = map_end (b);
+  uint64_t n = offset >= end ? 0 : count < end - offset ? count : end - offset;
   int r = 0;
 
-  if (n > 0) {
-    if (b->qed)
-      r = qed_image_block_status (b->qed, n, offset, fn, opaque);
-    else
-      r = fn (opaque, offset, n, 0);
+  if (n > 0 && b->qed) {
+    PASS_GATE_FOR_CURRENT_SCOPE (b->qed);
+    r = image_extents (b->qed, depth + 1, n, offset, fn, opaque);
   }
-  if (r == 0 && n < count)
-    r = fn (opaque, offset + n, count - n, QED_EXTENT_HOLE | QED_EXTENT_ZERO);
+  else if (n > 0)
+    r = raw_extents (b, depth + 1, n, offset, fn, opaque);
+  if (r == 0 && n < count) {
+    /* Past the end of the backing file: zeros that no file holds. */
+    struct chain_extent e = {
+      .map = {
+        .offset = offset + n, .length = count - n, .depth = depth,
+        .zero = true, .file = img->path,
+      },
+    };
+    r = fn (opaque, &e);
+  }
   return r;
 }

@@ -416,15 +416,36 @@ int need_check_clear (struct qed_image *img);
 void stop_background (struct qed_image *img);
 uint64_t now_ns (void);
 
+/* map.c: what each byte of an image and its backing chain reads from,
+ * for block status and qed_image_map.
+ */
+struct chain_extent {
+  struct qed_map_extent map;
+  /* An invalid table entry maps it: map says data, without a host
+   * offset, so that block status never claims zeros that are not.
+   */
+  bool bad;
+};
+typedef int (*chain_extent_fn) (void *opaque, const struct chain_extent *e);
+/* Report [offset, offset + count) of img, at depth in its chain, as
+ * consecutive extents (unmerged) until fn returns non-zero, which is
+ * returned.  Called inside img's gate, the range inside its disk.
+ */
+int image_extents (struct qed_image *img, unsigned depth, uint64_t count,
+                   uint64_t offset, chain_extent_fn fn, void *opaque);
+
 /* backing.c */
 int backing_open (struct qed_image *img, const struct qed_open_options *opts,
                   unsigned depth, const uint64_t *chain_ids, size_t nids);
 void backing_close (struct backing *b);
 int backing_read (struct backing *b, void *buf, uint64_t count,
                   uint64_t offset);
-int backing_status (struct backing *b, uint64_t count, uint64_t offset,
-                    qed_extent_fn fn, void *opaque);
 int backing_prefetch (struct backing *b, uint64_t count, uint64_t offset);
+/* The extents of img's backing chain (img at depth) over a range that
+ * img leaves unallocated, as image_extents reports them.
+ */
+int backing_extents (struct qed_image *img, unsigned depth, uint64_t count,
+                     uint64_t offset, chain_extent_fn fn, void *opaque);
 
 /* open.c: opening images, also as backing files. */
 int image_open (struct qed_file *file, const char *path,

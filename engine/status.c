@@ -14,41 +14,37 @@ struct merger {
   void *opaque;
   uint64_t offset, length;
   unsigned type;
-  int stop;                     /* fn asked to stop */
 };
 
-static int
-merge (void *opaque, uint64_t offset, uint64_t length, unsigned type)
+/* Everything but data reads as zeros and is no data in the chain: a
+ * zero cluster, unallocated space at the end of the chain, a hole of
+ * a raw backing file.  Bad entries count as data: block status never
+ * claims zeros that are not.
+ */
+static unsigned
+extent_type (const struct chain_extent *e)
 {
-  struct merger *m = opaque;
-
-  if (m->stop)
-    return m->stop;
-  if (m->length > 0 && m->type == type && m->offset + m->length == offset) {
-    m->length += length;
-    return 0;
-  }
-  if (m->length > 0 && (m->stop = m->fn (m->opaque, m->offset, m->length,
-                                          m->type)) != 0)
-    return m->stop;
-  m->offset = offset;
-  m->length = length;
-  m->type = type;
-  return 0;
+  return e->map.data ? 0 : QED_EXTENT_HOLE | QED_EXTENT_ZERO;
 }
 
-static unsigned
-run_type (enum run_kind kind)
+static int
+merge (void *opaque, const struct chain_extent *e)
 {
-  switch (kind) {
-  case RUN_ZERO:
-    return QED_EXTENT_HOLE | QED_EXTENT_ZERO;
-  case RUN_UNALLOC:
-    return QED_EXTENT_HOLE | QED_EXTENT_ZERO;   /* without a backing file */
-  default:
-    /* Data, and bad entries too: never claim zeros that are not. */
+  struct merger *m = opaque;
+  unsigned type = extent_type (e);
+  int r;
+
+  if (m->length > 0 && m->type == type) {
+    m->length += e->map.length;
     return 0;
   }
+  if (m->length > 0 && (r = m->fn (m->opaque, m->offset, m->length,
+                                   m->type)) != 0)
+    return r;
+  m->offset = e->map.offset;
+  m->length = e->map.length;
+  m->type = type;
+  return 0;
 }
 
 int
@@ -59,26 +55,9 @@ qed_image_block_status (struct qed_image *img, uint64_t count,
   struct merger m = { .fn = fn, .opaque = opaque };
   int r = check_range (img, count, offset, "block status");
 
-  if (r < 0)
-    return r;
-  while (count > 0 && m.stop == 0) {
-    struct run run;
-
-    r = lookup_run_taking_lock (img, offset, count, &run);
-    if (r < 0)
-      return r;
-
-    if (run.kind == RUN_UNALLOC && img->backing)
-      /* What the chain holds there. */
-      r = backing_status (img->backing, run.length, offset, merge, &m);
-    else
-      r = merge (&m, offset, run.length, run_type (run.kind));
-    if (r < 0)
-      return r;
-    offset += run.length;
-    count -= run.length;
-  }
-  if (m.stop == 0 && m.length > 0)
-    m.stop = fn (opaque, m.offset, m.length, m.type);
-  return m.stop < 0 ? m.stop : 0;
+  if (r == 0)
+    r = image_extents (img, 0, count, offset, merge, &m);
+  if (r == 0 && m.length > 0)
+    r = fn (opaque, m.offset, m.length, m.type);
+  return r < 0 ? r : 0;
 }

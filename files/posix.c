@@ -269,6 +269,43 @@ posix_prefetch (struct qed_file *f, uint64_t offset, uint64_t count)
   return -posix_fadvise (pf->fd, offset, count, POSIX_FADV_WILLNEED);
 }
 
+/* Asked the way QEMU's file driver asks (data first, then where it
+ * ends), so that maps of raw files agree with qemu-img map's.
+ */
+static int
+posix_extent (struct qed_file *f, uint64_t offset, uint64_t count,
+              uint64_t *length, bool *hole)
+{
+  struct posix_file *pf = (struct posix_file *) f;
+  off_t data, end;
+
+  data = lseek (pf->fd, offset, SEEK_DATA);
+  if (data == -1) {
+    if (errno != ENXIO)         /* EINVAL: no SEEK_DATA here */
+      return -errno;
+    /* No data from offset on: a hole to the end, and past it. */
+    *hole = true;
+    *length = count;
+    return 0;
+  }
+  if ((uint64_t) data < offset)
+    return -EIO;
+  if ((uint64_t) data > offset) {
+    *hole = true;
+    *length = data - offset < count ? data - offset : count;
+    return 0;
+  }
+  end = lseek (pf->fd, offset, SEEK_HOLE);
+  if (end == -1)
+    return -errno;
+  /* Not after offset: the file changed between the two calls. */
+  if ((uint64_t) end <= offset)
+    return -EBUSY;
+  *hole = false;
+  *length = end - offset < count ? end - offset : count;
+  return 0;
+}
+
 static const struct qed_file_ops posix_ops = {
   .pread = posix_pread,
   .get_size = posix_get_size,
@@ -280,6 +317,7 @@ static const struct qed_file_ops posix_ops = {
   .lock = posix_lock,
   .identity = posix_identity,
   .prefetch = posix_prefetch,
+  .extent = posix_extent,
 };
 
 /* Absolute, or relative to the directory of base. */

@@ -17,6 +17,7 @@
 #ifndef QED_FILE_H
 #define QED_FILE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -71,6 +72,15 @@ struct qed_file_ops {
    * warm, and prefetching reads only the image's tables.
    */
   int (*prefetch) (struct qed_file *f, uint64_t offset, uint64_t count);
+  /* Whether offset lies in a hole (a range the file does not store,
+   * which reads as zeros) or in data, and how far that lasts: sets
+   * *hole and *length, from 1 to count bytes.  The range may pass the
+   * end of the file, which is a hole.  Used to map raw backing files
+   * as QEMU does (SEEK_DATA and SEEK_HOLE).  NULL, or a failure: the
+   * engine takes the range as data.
+   */
+  int (*extent) (struct qed_file *f, uint64_t offset, uint64_t count,
+                 uint64_t *length, bool *hole);
 };
 
 struct qed_file {

@@ -16,7 +16,7 @@
  *   "host".
  * - Every function taking an image may be called from any thread at
  *   any time until qed_image_close.  Requests (read, write, zero, trim,
- *   flush, block status) run in parallel; qed_image_enable_writes,
+ *   flush, block status, map) run in parallel; qed_image_enable_writes,
  *   qed_image_check and qed_image_close wait for the requests in
  *   flight, hold new ones back while they run, and run one at a time.
  */
@@ -205,12 +205,50 @@ int qed_image_prefetch (struct qed_image *img, uint64_t count,
  * most count bytes) by calling fn until it returns non-zero or the
  * range is covered.  Extent types are NBD's flags.
  */
-#define QED_EXTENT_HOLE 1u      /* not allocated in the image or its chain */
+#define QED_EXTENT_HOLE 1u      /* no data in the image or its chain (zero
+                                 * or unallocated clusters, holes of a raw
+                                 * backing file) */
 #define QED_EXTENT_ZERO 2u      /* reads as zeros */
 typedef int (*qed_extent_fn) (void *opaque, uint64_t offset, uint64_t length,
                               unsigned type);
 int qed_image_block_status (struct qed_image *img, uint64_t count,
                             uint64_t offset, qed_extent_fn fn, void *opaque);
+
+/* The map of the image and its backing chain, as qemu-img map
+ * --output=json shows it: where each byte of the range reads from.
+ * Reports the range from offset as consecutive extents covering it all
+ * by calling fn until it returns non-zero (a negative errno is then
+ * returned, anything else stops with 0) or the range is covered.
+ * Adjacent extents that agree in everything but offset and length,
+ * with host offsets that continue, are reported as one, so the extents
+ * of the whole disk are qemu-img map's entries.  Fails with -EIO (and
+ * says where) if an invalid table entry maps a byte of the range.
+ */
+struct qed_map_extent {
+  uint64_t offset, length;      /* virtual bytes */
+  /* The file the bytes come from: 0 the image, 1 its backing file, and
+   * so on.  When no file holds them (present false), the image whose
+   * chain ends there: the bottom of the chain, or the one whose backing
+   * file is shorter.
+   */
+  unsigned depth;
+  const char *file;             /* its name (as opened, a backing file's
+                                 * as resolved; NULL if none was given);
+                                 * valid until the image is closed */
+  bool present;                 /* the file holds them: a data or zero
+                                 * cluster, a raw backing file's bytes
+                                 * (holes too, and the zeros after its
+                                 * end up to a multiple of 512 bytes) */
+  bool zero;                    /* they read as zeros: a zero cluster,
+                                 * a raw hole, no file holds them */
+  bool data;                    /* stored data: a data cluster, or a raw
+                                 * backing file's bytes outside holes */
+  bool has_host;                /* data, and raw holes: host is where */
+  uint64_t host;                /* offset starts in the file */
+};
+typedef int (*qed_map_fn) (void *opaque, const struct qed_map_extent *e);
+int qed_image_map (struct qed_image *img, uint64_t count, uint64_t offset,
+                   qed_map_fn fn, void *opaque);
 
 /* Consistency check, in qemu-img check's categories. */
 struct qed_check_result {

@@ -21,6 +21,9 @@ const struct command commands[] = {
   { "check", cmd_check,
     "[-f qed] [-U] [-r leaks|all] [--output=human|json] [-q] FILE",
     "check the image for corruption and leaked clusters, and repair" },
+  { "map", cmd_map,
+    "[-f qed] [-U] [--output=human|json] FILE",
+    "show where each byte of the image and its backing chain is stored" },
   { NULL }
 };
 

@@ -27,6 +27,7 @@ extern const struct command commands[];
 int cmd_create (int argc, char **argv);
 int cmd_info (int argc, char **argv);
 int cmd_check (int argc, char **argv);
+int cmd_map (int argc, char **argv);
 
 /* Print "qed-img: what: message" to stderr; returns 1, the exit status
  * of a command that failed.  what is the file (or option) at fault and

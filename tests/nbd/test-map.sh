@@ -120,3 +120,26 @@ h.flush()
     stop_nbdkit srv
     diff -u "$tmpdir/nbd.map" "$tmpdir/nbd2.map"
 done
+
+# Over a sparse raw backing file: its holes are holes and zeros, as
+# qemu-img map reports them (SEEK_DATA/SEEK_HOLE), and its data is
+# data; so is the range past its end (not a whole sector long).
+size=$(( 8 * 1024 * 1024 ))
+base=$tmpdir/sparse.raw
+truncate -s $(( 5 * 1024 * 1024 + 100 )) "$base"
+printf 'data' | dd of="$base" bs=1 seek=600000 conv=notrunc status=none
+printf 'data' | dd of="$base" bs=1 seek=$(( 2 * 1024 * 1024 )) \
+    conv=notrunc status=none
+printf 'end' | dd of="$base" bs=1 seek=$(( 5 * 1024 * 1024 + 97 )) \
+    conv=notrunc status=none
+img=$tmpdir/over-sparse.qed
+qemu-img create -q -f qed -b "$base" -F raw "$img" $size
+qemu-io -f qed -c "write -P 0x11 0 64k" -c "write -z 1M 64k" \
+    -c "write -P 0x22 3M 4k" "$img" > "$tmpdir/qemu-io.log"
+qemu_map "$img" > "$tmpdir/qemu.map"
+start_nbdkit srv "$plugin" -r "$img"
+nbd_map "$uri_srv" > "$tmpdir/nbd.map"
+stop_nbdkit srv
+compare_maps "$tmpdir/qemu.map" "$tmpdir/nbd.map" $size
+# The base's holes are zero extents (not one data extent up to 5M).
+test "$(grep -c '"kind":"zero"' "$tmpdir/qemu.map")" -ge 4

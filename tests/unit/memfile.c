@@ -24,8 +24,9 @@ struct memfile {
   pthread_mutex_t lock;
   unsigned char *data;
   size_t size, alloc;
-  uint64_t counts[5];
+  uint64_t counts[6];
   uint64_t bytes_written;
+  uint64_t hole_block;          /* memfile_holes */
   /* Fault injection. */
   unsigned fail_mask;
   uint64_t fail_skip;
@@ -248,6 +249,43 @@ mf_punch (struct qed_file *f, uint64_t offset, uint64_t count)
   return r;
 }
 
+/* Called with the lock held. */
+static bool
+is_hole (const struct memfile *mf, uint64_t offset)
+{
+  uint64_t block = offset - offset % mf->hole_block;
+  uint64_t n;
+
+  if (block >= mf->size)
+    return true;
+  n = mf->size - block < mf->hole_block ? mf->size - block : mf->hole_block;
+  for (uint64_t i = 0; i < n; i++)
+    if (mf->data[block + i])
+      return false;
+  return true;
+}
+
+static int
+mf_extent (struct qed_file *f, uint64_t offset, uint64_t count,
+           uint64_t *length, bool *hole)
+{
+  struct memfile *mf = (struct memfile *) f;
+  uint64_t p = offset, end = offset + count;
+  int r;
+
+  pthread_mutex_lock (&mf->lock);
+  r = injected (mf, MF_EXTENT);
+  if (r == 0) {
+    *hole = is_hole (mf, offset);
+    /* On to the first block of the other kind. */
+    while (p < end && is_hole (mf, p) == *hole)
+      p += mf->hole_block - p % mf->hole_block;
+    *length = (p < end ? p : end) - offset;
+  }
+  pthread_mutex_unlock (&mf->lock);
+  return r;
+}
+
 static void
 mf_close (struct qed_file *f)
 {
@@ -290,6 +328,15 @@ memfile_without (struct memfile *mf, unsigned mask)
     mf->ops.truncate = NULL;
   if (mask & MF_PUNCH)
     mf->ops.punch = NULL;
+  if (mask & MF_EXTENT)
+    mf->ops.extent = NULL;
+}
+
+void
+memfile_holes (struct memfile *mf, uint64_t block)
+{
+  mf->hole_block = block;
+  mf->ops.extent = mf_extent;
 }
 
 void
@@ -359,7 +406,7 @@ memfile_count (struct memfile *mf, unsigned mask)
   uint64_t n = 0;
 
   pthread_mutex_lock (&mf->lock);
-  for (unsigned i = 0; i < 5; i++)
+  for (unsigned i = 0; i < sizeof mf->counts / sizeof mf->counts[0]; i++)
     if (mask & (1u << i))
       n += mf->counts[i];
   pthread_mutex_unlock (&mf->lock);

@@ -23,6 +23,7 @@ struct memfile;
 
 enum memfile_op {
   MF_PREAD = 1, MF_PWRITE = 2, MF_FLUSH = 4, MF_TRUNCATE = 8, MF_PUNCH = 16,
+  MF_EXTENT = 32,
 };
 
 struct memfile *memfile_new (const void *data, size_t size);
@@ -41,9 +42,17 @@ uint64_t memfile_count (struct memfile *mf, unsigned mask);
 uint64_t memfile_bytes_written (struct memfile *mf);
 
 /* Take the capabilities in mask (MF_TRUNCATE: it cannot change size;
- * MF_PUNCH) away, as a file layer that lacks them declares it.
+ * MF_PUNCH; MF_EXTENT) away, as a file layer that lacks them declares
+ * it.
  */
 void memfile_without (struct memfile *mf, unsigned mask);
+
+/* Give the file the extent capability (MF_EXTENT), which a memfile
+ * lacks otherwise: aligned blocks of block bytes that hold only zeros
+ * are holes, and so is everything past the end, as a file system that
+ * stores no zero blocks would say.
+ */
+void memfile_holes (struct memfile *mf, uint64_t block);
 
 /* Operations of the kinds in mask (MF_PWRITE, MF_FLUSH) take us
  * microseconds, outside the file's lock, as a disk's would: so that
