@@ -136,6 +136,17 @@ shared_prefetch (struct qed_file *f, uint64_t offset, uint64_t count)
   return file->ops->prefetch ? file->ops->prefetch (file, offset, count) : 0;
 }
 
+static int
+shared_extent (struct qed_file *f, uint64_t offset, uint64_t count,
+               uint64_t *length, bool *hole)
+{
+  struct qed_file *file = file_of (f);
+
+  if (file->ops->extent == NULL)
+    return -ENOTSUP;            /* taken as data, as without extent */
+  return file->ops->extent (file, offset, count, length, hole);
+}
+
 static void
 shared_close (struct qed_file *f)
 {
@@ -159,6 +170,7 @@ static const struct qed_file_ops shared_ops = {
   .lock = shared_lock_file,
   .identity = shared_identity,
   .prefetch = shared_prefetch,
+  .extent = shared_extent,
 };
 
 /* Files opened for writing (the exports' images) are the POSIX
