@@ -73,6 +73,7 @@ static struct qed_open_options open_opts;
 static unsigned idle_ms;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct export *open_exports;     /* under lock */
+static bool exited;                     /* under lock: exports_free ran */
 
 /* A reference to a file opened read-only once for every image that
  * uses it.  Requests go to the one open file; closing the last
@@ -256,6 +257,21 @@ exports_init (const char *dir, const struct qed_open_options *opts,
 void
 exports_free (void)
 {
+  struct export *e, *next;
+
+  /* Images whose connections nbdkit did not close before exiting are
+   * closed cleanly all the same; a connection that ends later finds
+   * them gone (export_put).
+   */
+  pthread_mutex_lock (&lock);
+  for (e = open_exports; e; e = next) {
+    next = e->next;
+    qed_image_close (e->image);
+    free (e);
+  }
+  open_exports = NULL;
+  exited = true;
+  pthread_mutex_unlock (&lock);
   if (dir_fd >= 0)
     close (dir_fd);
   free (dir_path);
@@ -359,7 +375,8 @@ export_put (struct export *e)
   struct export **p;
 
   pthread_mutex_lock (&lock);
-  if (--e->connections == 0) {
+  /* After exports_free, e is gone. */
+  if (!exited && --e->connections == 0) {
     for (p = &open_exports; *p != e; p = &(*p)->next)
       ;
     *p = e->next;

@@ -24,6 +24,7 @@ struct export;
  */
 int exports_init (const char *dir, const struct qed_open_options *opts,
                   unsigned idle_ms);
+/* Close the images still open, and free everything. */
 void exports_free (void);
 
 /* The export of that name (a client's), with its image open, for one
