@@ -10,8 +10,10 @@
  * bounce buffer covering the blocks they touch.  A write there reads
  * its partial first and last blocks, patches them and writes them
  * back, holding rmw_lock so that two writes patching different bytes
- * of one block do not undo each other (writes to the same bytes at
- * once are the writers' race, as on any disk).  A block patched past
+ * of one block do not undo each other.  A write of whole blocks needs
+ * no lock: one that covers a block being patched overlaps the patch,
+ * and writes overlapping at once are the writers' race, as on any
+ * disk.  A block patched past
  * the end of the file extends the file to the end of that block,
  * which for an image stays inside the cluster being written (clusters
  * are multiples of DIRECT_ALIGN).
@@ -159,24 +161,30 @@ posix_pwrite (struct qed_file *f, const void *buf, size_t count,
   uint64_t start;
   size_t len;
   char *bounce = NULL;
-  int r;
+  bool patch;
+  int r = 0;
 
   if (passes_as_is (pf, buf, count, offset))
     return write_all (pf->fd, buf, count, offset);
   if ((r = bounce_alloc (count, offset, &bounce, &start, &len)) < 0)
     return r;
-  pthread_mutex_lock (&pf->rmw_lock);
-  if (offset != start)
-    r = read_block (pf, bounce, start);
-  if (r == 0 && (offset + count) % DIRECT_ALIGN != 0 &&
-      (offset == start || len > DIRECT_ALIGN))
-    r = read_block (pf, bounce + len - DIRECT_ALIGN,
-                    start + len - DIRECT_ALIGN);
+  /* Only the buffer unaligned: whole blocks, nothing to read back. */
+  patch = offset != start || (offset + count) % DIRECT_ALIGN != 0;
+  if (patch) {
+    pthread_mutex_lock (&pf->rmw_lock);
+    if (offset != start)
+      r = read_block (pf, bounce, start);
+    if (r == 0 && (offset + count) % DIRECT_ALIGN != 0 &&
+        (offset == start || len > DIRECT_ALIGN))
+      r = read_block (pf, bounce + len - DIRECT_ALIGN,
+                      start + len - DIRECT_ALIGN);
+  }
   if (r == 0) {
     memcpy (bounce + (offset - start), buf, count);
     r = write_all (pf->fd, bounce, len, start);
   }
-  pthread_mutex_unlock (&pf->rmw_lock);
+  if (patch)
+    pthread_mutex_unlock (&pf->rmw_lock);
   free (bounce);
   return r;
 }
