@@ -435,7 +435,7 @@ exports_list (struct nbdkit_exports *exports)
 {
   struct dirent *d;
   struct stat st;
-  char desc[4096 + 256], *path;
+  char desc[DESCRIPTION_SIZE], *path;
   DIR *dp;
   int dup_fd, r = 0;
 

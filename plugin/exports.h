@@ -15,6 +15,7 @@
 #include <nbdkit-plugin.h>
 
 #include "qed.h"
+#include "qed-format.h"
 
 struct export;
 
@@ -39,9 +40,11 @@ struct qed_image *export_image (const struct export *e);
  */
 int exports_list (struct nbdkit_exports *exports);
 
-/* Describe an image into buf: virtual size, cluster size and backing
- * file (backing_name, NULL: none; raw: it is raw).
+/* Describe an image into buf (DESCRIPTION_SIZE bytes hold any):
+ * virtual size, cluster size and backing file (backing_name, NULL:
+ * none; raw: it is raw).
  */
+#define DESCRIPTION_SIZE (QED_MAX_BACKING_NAME + 256)
 void describe_image (char *buf, size_t size,
                      const struct qed_image_info *info,
                      const char *backing_name, bool raw);

@@ -515,7 +515,7 @@ static const char *
 qed_export_description (void *handle)
 {
   struct qed_image_info info;
-  char desc[4096 + 256];
+  char desc[DESCRIPTION_SIZE];
 
   qed_image_get_info (image_of (handle), &info);
   if (snapshot)                 /* the overlay's backing file is the image */
