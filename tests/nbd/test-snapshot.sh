@@ -84,9 +84,10 @@ qemu-img check disk.qed
 # Options that would change the image below the overlay are refused.
 must_refuse_start "snapshot=true cannot be used with backing=" \
     disk.qed snapshot=true backing=base.raw
-# A $TMPDIR that does not exist is named (valgrind would need it too:
-# nbdkit runs without the wrapper here).
-TMPDIR=$tmpdir/nowhere must_fail command nbdkit "$plugin" disk.qed \
-    snapshot=true --run true 2> err
-cat err
-grep -F "snapshot: cannot make a temporary file in $tmpdir/nowhere" err
+# A $TMPDIR that does not exist is named (not under valgrind, which
+# needs $TMPDIR itself).
+if [ "${NBDKIT_VALGRIND:-}" != 1 ]; then
+    TMPDIR=$tmpdir/nowhere must_refuse_start \
+        "snapshot: cannot make a temporary file in $tmpdir/nowhere" \
+        disk.qed snapshot=true
+fi
