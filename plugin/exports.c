@@ -31,10 +31,11 @@
  * either: writes are turned on (lock, repair) by the first write
  * request (qed.c), so that NBD_OPT_INFO probes leave images alone.
  *
- * Locking: lock guards the list of open exports and their connection
- * counts.  It is held while an image is opened or closed, so a
- * connection never finds an image half open or half closed; opens of
- * different images wait for each other meanwhile.  shared_lock guards
+ * Locking: lock guards the list of exports, their states and their
+ * connection counts; changed is signalled when a state changes.  An
+ * image is opened and closed without the lock, its export marked
+ * OPENING or CLOSING meanwhile, so that a slow open (a repair) holds
+ * back only the connections to that image.  shared_lock guards
  * the list of shared files and their references; it is taken inside
  * lock (the engine opens and closes backing files while an export is
  * opened or closed), never the other way round.  The images and files
@@ -57,11 +58,19 @@
 
 #include "exports.h"
 
+/* An export goes OPENING (its first connection opens the image,
+ * without the lock), OPEN (connections share it), CLOSING (its last
+ * connection closes the image, without the lock), then off the list.
+ * A connection that finds it OPENING or CLOSING waits for the change.
+ */
+enum export_state { EXPORT_OPENING, EXPORT_OPEN, EXPORT_CLOSING };
+
 struct export {
-  struct qed_image *image;
+  struct qed_image *image;      /* set while OPENING, then constant */
   dev_t dev;
   ino_t ino;
-  unsigned connections;         /* under lock */
+  enum export_state state;      /* under lock */
+  unsigned connections;         /* under lock; OPEN */
   struct export *next;          /* under lock */
 };
 
@@ -72,6 +81,7 @@ static int dir_fd = -1;
 static struct qed_open_options open_opts;
 static unsigned idle_ms;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t changed = PTHREAD_COND_INITIALIZER;
 static struct export *open_exports;     /* under lock */
 static bool exited;                     /* under lock: exports_free ran */
 
@@ -257,19 +267,23 @@ exports_init (const char *dir, const struct qed_open_options *opts,
 void
 exports_free (void)
 {
-  struct export *e, *next;
+  struct export *e, **p;
 
   /* Images whose connections nbdkit did not close before exiting are
    * closed cleanly all the same; a connection that ends later finds
    * them gone (export_put).
    */
   pthread_mutex_lock (&lock);
-  for (e = open_exports; e; e = next) {
-    next = e->next;
-    qed_image_close (e->image);
-    free (e);
+  for (p = &open_exports; *p; ) {
+    e = *p;
+    if (e->state == EXPORT_OPEN) {
+      *p = e->next;
+      qed_image_close (e->image);
+      free (e);
+    }
+    else                        /* a thread is opening or closing it */
+      p = &e->next;
   }
-  open_exports = NULL;
   exited = true;
   pthread_mutex_unlock (&lock);
   if (dir_fd >= 0)
@@ -319,6 +333,19 @@ find_image (const char *name, struct stat *st)
   return n == sizeof magic && memcmp (magic, "QED", 4) == 0 ? 0 : 1;
 }
 
+/* Take e off the list, free it and wake the waiters; with lock held. */
+static void
+export_remove (struct export *e)
+{
+  struct export **p;
+
+  for (p = &open_exports; *p != e; p = &(*p)->next)
+    ;
+  *p = e->next;
+  free (e);
+  pthread_cond_broadcast (&changed);
+}
+
 struct export *
 export_get (const char *name)
 {
@@ -335,36 +362,54 @@ export_get (const char *name)
   }
 
   pthread_mutex_lock (&lock);
-  for (e = open_exports; e; e = e->next)
-    if (e->dev == st.st_dev && e->ino == st.st_ino)
+  for (;;) {
+    for (e = open_exports; e; e = e->next)
+      if (e->dev == st.st_dev && e->ino == st.st_ino)
+        break;
+    if (e == NULL || e->state == EXPORT_OPEN)
       break;
+    pthread_cond_wait (&changed, &lock);
+  }
+  if (e) {
+    e->connections++;
+    pthread_mutex_unlock (&lock);
+    return e;
+  }
+  e = calloc (1, sizeof *e);
   if (e == NULL) {
-    e = calloc (1, sizeof *e);
-    if (e == NULL || asprintf (&path, "%s/%s", dir_path, name) == -1) {
-      nbdkit_error ("export '%s': %m", name);
-      free (e);
-      e = NULL;
-      goto out;
-    }
+    nbdkit_error ("export '%s': %m", name);
+    pthread_mutex_unlock (&lock);
+    return NULL;
+  }
+  e->dev = st.st_dev;
+  e->ino = st.st_ino;
+  e->state = EXPORT_OPENING;
+  e->next = open_exports;
+  open_exports = e;
+  pthread_mutex_unlock (&lock);
+
+  if (asprintf (&path, "%s/%s", dir_path, name) == -1)
+    r = -errno;
+  else {
     r = qed_image_open (path, &open_opts, &e->image);
     if (r == 0 && (r = qed_image_start_background (e->image, idle_ms)) < 0)
       qed_image_close (e->image);
     free (path);
-    if (r < 0) {
-      nbdkit_error ("export '%s': cannot open the image: %s", name,
-                    strerror (-r));
-      free (e);
-      e = NULL;
-      goto out;
-    }
-    e->dev = st.st_dev;
-    e->ino = st.st_ino;
-    e->next = open_exports;
-    open_exports = e;
-    nbdkit_debug ("export '%s': opened the image", name);
   }
-  e->connections++;
- out:
+
+  pthread_mutex_lock (&lock);
+  if (r < 0) {
+    nbdkit_error ("export '%s': cannot open the image: %s", name,
+                  strerror (-r));
+    export_remove (e);
+    e = NULL;
+  }
+  else {
+    nbdkit_debug ("export '%s': opened the image", name);
+    e->state = EXPORT_OPEN;
+    e->connections = 1;
+    pthread_cond_broadcast (&changed);
+  }
   pthread_mutex_unlock (&lock);
   return e;
 }
@@ -372,18 +417,20 @@ export_get (const char *name)
 void
 export_put (struct export *e)
 {
-  struct export **p;
-
   pthread_mutex_lock (&lock);
   /* After exports_free, e is gone. */
-  if (!exited && --e->connections == 0) {
-    for (p = &open_exports; *p != e; p = &(*p)->next)
-      ;
-    *p = e->next;
-    if (qed_image_close (e->image) < 0)
-      nbdkit_error ("closing an image after its last connection failed");
-    free (e);
+  if (exited || --e->connections > 0) {
+    pthread_mutex_unlock (&lock);
+    return;
   }
+  e->state = EXPORT_CLOSING;
+  pthread_mutex_unlock (&lock);
+
+  if (qed_image_close (e->image) < 0)
+    nbdkit_error ("closing an image after its last connection failed");
+
+  pthread_mutex_lock (&lock);
+  export_remove (e);
   pthread_mutex_unlock (&lock);
 }
 

@@ -125,6 +125,18 @@ qemu-io -f qed -c 'read -P 0x51 60M 64k' -c 'write -P 0x52 0 512' d/a.qed |
 # ... and opened again, with what QEMU wrote, by the next connection.
 nbdsh -u "$(uri_of a.qed)" -c 'assert h.pread(512, 0) == b"R" * 512'
 
+# Eight connections coming at once to one export open its image once
+# (the others wait for the first to open it, then share it).
+opened=$(grep -c "export 'b.qed': opened the image" srv.log || true)
+pids=()
+for i in 1 2 3 4 5 6 7 8; do
+    nbdsh -u "$(uri_of b.qed)" \
+          -c 'import time; assert len(h.pread(512, 0)) == 512; time.sleep(3)' &
+    pids+=($!)
+done
+for pid in "${pids[@]}"; do wait $pid; done
+test "$(grep -c "export 'b.qed': opened the image" srv.log)" = $(( opened + 1 ))
+
 # 7. A backing file that two exports share is opened once, read-only.
 pid=$(server_pid srv)
 nbdsh -u "$(uri_of c.qed)" -c "
