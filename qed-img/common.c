@@ -140,6 +140,78 @@ human_size (uint64_t size)
   return buf;
 }
 
+bool
+parse_create_options (char *list, struct qed_create_options *opts,
+                      const char **backing, const char **backing_format,
+                      bool *table_size_given)
+{
+  char *saveptr, *item;
+
+  for (item = strtok_r (list, ",", &saveptr); item;
+       item = strtok_r (NULL, ",", &saveptr)) {
+    char *value = strchr (item, '=');
+    uint64_t n;
+
+    if (value == NULL) {
+      fail (NULL, "-o %s: expected key=value", item);
+      return false;
+    }
+    *value++ = '\0';
+    if (strcmp (item, "cluster_size") == 0 || strcmp (item, "table_size") == 0) {
+      bool cluster = item[0] == 'c';
+      /* A table size counts clusters: no unit. */
+      bool plain = value[strspn (value, "0123456789")] == '\0';
+
+      if ((!cluster && !plain) || !parse_size (value, &n) ||
+          n == 0 || n > UINT32_MAX) {
+        fail (NULL, "-o %s=%s: not a valid %s", item, value,
+              cluster ? "cluster size" : "table size (a number of clusters)");
+        return false;
+      }
+      if (cluster)
+        opts->cluster_size = n;
+      else {
+        opts->table_size = n;
+        *table_size_given = true;
+      }
+    }
+    else if (strcmp (item, "backing_file") == 0)
+      *backing = value;
+    else if (strcmp (item, "backing_fmt") == 0)
+      *backing_format = value;
+    else {
+      fail (NULL, "-o %s: unknown option (cluster_size, table_size,"
+            " backing_file or backing_fmt)", item);
+      return false;
+    }
+  }
+  return true;
+}
+
+bool
+backing_options_valid (const char *file, const char *option,
+                       const char *backing, const char *backing_format)
+{
+  if (backing_format && !backing) {
+    fail (file, "-F %s without a backing file (%s)", backing_format, option);
+    return false;
+  }
+  if (backing == NULL)
+    return true;
+  if (backing_format == NULL) {
+    fail (file, "the backing file's format is needed: -F raw or -F qed"
+          " (probing it would let data written in a raw file pass for a"
+          " QED header)");
+    return false;
+  }
+  if (strcmp (backing_format, "raw") != 0 &&
+      strcmp (backing_format, "qed") != 0) {
+    fail (backing, "-F %s: backing files can be raw or qed", backing_format);
+    return false;
+  }
+  return true;
+}
+
 int
 open_image (const char *file, enum qed_access access, bool force_share,
             bool header_only, struct qed_image **imgp)
@@ -169,6 +241,15 @@ allocated_bytes (const char *file)
   struct stat st;
 
   return stat (file, &st) == 0 ? (uint64_t) st.st_blocks * 512 : 0;
+}
+
+bool
+same_file (const char *a, const char *b)
+{
+  struct stat sa, sb;
+
+  return stat (a, &sa) == 0 && stat (b, &sb) == 0 &&
+    sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
 static void

@@ -14,55 +14,6 @@
 #include "qed-format.h"
 #include "qed-img.h"
 
-/* -o key=value,...: qemu-img's creation options for QED. */
-static bool
-parse_create_options (char *list, struct qed_create_options *opts,
-                      const char **backing, const char **backing_format,
-                      bool *table_size_given)
-{
-  char *saveptr, *item;
-
-  for (item = strtok_r (list, ",", &saveptr); item;
-       item = strtok_r (NULL, ",", &saveptr)) {
-    char *value = strchr (item, '=');
-    uint64_t n;
-
-    if (value == NULL) {
-      fail (NULL, "-o %s: expected key=value", item);
-      return false;
-    }
-    *value++ = '\0';
-    if (strcmp (item, "cluster_size") == 0 || strcmp (item, "table_size") == 0) {
-      bool cluster = item[0] == 'c';
-      /* A table size counts clusters: no unit. */
-      bool plain = value[strspn (value, "0123456789")] == '\0';
-
-      if ((!cluster && !plain) || !parse_size (value, &n) ||
-          n == 0 || n > UINT32_MAX) {
-        fail (NULL, "-o %s=%s: not a valid %s", item, value,
-              cluster ? "cluster size" : "table size (a number of clusters)");
-        return false;
-      }
-      if (cluster)
-        opts->cluster_size = n;
-      else {
-        opts->table_size = n;
-        *table_size_given = true;
-      }
-    }
-    else if (strcmp (item, "backing_file") == 0)
-      *backing = value;
-    else if (strcmp (item, "backing_fmt") == 0)
-      *backing_format = value;
-    else {
-      fail (NULL, "-o %s: unknown option (cluster_size, table_size,"
-            " backing_file or backing_fmt)", item);
-      return false;
-    }
-  }
-  return true;
-}
-
 int
 cmd_create (int argc, char **argv)
 {
@@ -112,17 +63,9 @@ cmd_create (int argc, char **argv)
     return fail (argv[optind + 1], "not a valid size (a number of bytes,"
                  " or with a suffix k, M, G, T, P or E)");
 
-  if (backing_format && !backing)
-    return fail (file, "-F %s without a backing file (-b)", backing_format);
+  if (!backing_options_valid (file, "-b", backing, backing_format))
+    return 1;
   if (backing) {
-    if (backing_format == NULL)
-      return fail (file, "the backing file's format is needed: -F raw or"
-                   " -F qed (probing it would let data written in a raw"
-                   " file pass for a QED header)");
-    if (strcmp (backing_format, "raw") != 0 &&
-        strcmp (backing_format, "qed") != 0)
-      return fail (backing, "-F %s: backing files can be raw or qed",
-                   backing_format);
     /* Like qemu-img: the backing file must open, and gives the size
      * when none is given; -u (unsafe) skips that when there is a size.
      */

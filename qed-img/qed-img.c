@@ -24,6 +24,13 @@ const struct command commands[] = {
   { "map", cmd_map,
     "[-f qed] [-U] [--output=human|json] FILE",
     "show where each byte of the image and its backing chain is stored" },
+  { "convert", cmd_convert,
+    "[-f qed|raw] [-p] [-q] [-O qed|raw] [-o OPTIONS] [-B BACKING -F raw|qed]"
+    " SRC DST",
+    "copy an image into a new one (OPTIONS as for create)" },
+  { "rebase", cmd_rebase,
+    "[-f qed] [-p] [-u] [-q] -b BACKING [-F raw|qed] FILE",
+    "give the image another backing file, or none (-b \"\")" },
   { NULL }
 };
 
