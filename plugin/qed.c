@@ -269,6 +269,10 @@ qed_dump_plugin (void)
 {
   printf ("qed_backing_files=raw,qed\n");
   printf ("qed_locking=qemu\n");
+  printf ("qed_detect_zeroes=off,on,unmap\n");
+  printf ("qed_cache=writeback,writethrough,none,unsafe\n");
+  printf ("qed_snapshot=yes\n");
+  printf ("qed_dir=yes\n");
 }
 
 /* snapshot=true: the image, opened read-only, becomes the backing file
