@@ -29,6 +29,7 @@ size = int(os.environ["DISK_SIZE"])
 durable = bytearray(open("durable.raw", "rb").read())
 rng = random.Random(int(os.environ["SEED"]))
 pending = []
+open("connected", "w").close()   # the kill timer starts now
 
 def block(seed, n):
     return random.Random(seed).randbytes(n)
@@ -82,8 +83,17 @@ for image in plain.qed overlay.qed; do
         fi
         start_nbdkit srv "$plugin" $image
         pid=$(cat srv.pid)
+        rm -f connected
         SEED=$i nbdsh -u "$uri_srv" -c "exec(open('client.py').read())" &
         client=$!
+        # Count from the connection: a loaded machine can take longer
+        # than the kill delay to start Python.
+        for (( w=0; w < 600; w++ )); do
+            [ -e connected ] && break
+            kill -0 "$client" 2>/dev/null || break
+            sleep 0.1
+        done
+        [ -e connected ]
         t=$((RANDOM % 10 + 5))          # 0.5 to 1.4 seconds
         sleep "$((t / 10)).$((t % 10))"
         kill -9 "$pid"
