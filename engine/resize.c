@@ -79,7 +79,7 @@ struct past_end {
   uint64_t last_cluster;        /* a virtual cluster below from ... */
   uint64_t last_host;           /* ... now pointed here (0: none) */
   uint64_t append_at;           /* host: where new clusters go */
-  uint64_t file_size;
+  uint64_t file_size;           /* as extend_to leaves it */
   uint64_t l1_index;            /* of the L2 table being walked */
   bool dropped;                 /* clusters lost their references */
 };
