@@ -109,7 +109,8 @@ open_backing (struct qed_image *img, const char *name, const char *format,
   if ((r = opener->resolve (opener, name, img->path, &b->path)) < 0)
     return r;
 
-  r = opener->open (opener, b->path, 0, &b->raw);
+  r = opener->open (opener, b->path, img->direct ? QED_OPEN_DIRECT : 0,
+                    &b->raw);
   if (r < 0) {
     qed_error ("%s: cannot open backing file %s: %s", image_name (img),
                b->path, strerror (-r));
@@ -148,6 +149,7 @@ open_backing (struct qed_image *img, const char *name, const char *format,
       .opener = img->opener,
       .l2_cache_size = img->cache.max * sizeof (struct l2_slice) / 8,
       .no_locking = img->no_locking,
+      .direct = img->direct,
     };
     struct qed_file *file = b->raw;
 
@@ -354,6 +356,22 @@ backing_read (struct backing *b, void *buf, uint64_t count, uint64_t offset)
   }
   if (r == 0)
     memset ((char *) buf + n, 0, count - n);
+  return r;
+}
+
+int
+backing_prefetch (struct backing *b, uint64_t count, uint64_t offset)
+{
+  uint64_t n = inside (b, count, offset);
+  int r;
+
+  if (n == 0)
+    return 0;
+  if (b->qed)
+    return qed_image_prefetch (b->qed, n, offset);
+  if ((r = file_prefetch (b->raw, offset, n)) < 0)
+    qed_error ("%s: prefetching %" PRIu64 " bytes at %" PRIu64 ": %s",
+               b->path, n, offset, strerror (-r));
   return r;
 }
 

@@ -222,6 +222,7 @@ struct qed_image {
   enum qed_access access;
   const struct qed_opener *opener;
   bool no_locking, always_check, header_only;
+  bool direct;                  /* backing files open QED_OPEN_DIRECT too */
   struct backing *backing;      /* changes only with the gate closed and
                                  * the token held (set_backing) */
 
@@ -369,6 +370,12 @@ file_lock (struct qed_file *f, enum qed_lock_mode mode)
   return f->ops->lock ? f->ops->lock (f, mode) : 0;
 }
 
+static inline int
+file_prefetch (struct qed_file *f, uint64_t offset, uint64_t count)
+{
+  return f->ops->prefetch ? f->ops->prefetch (f, offset, count) : 0;
+}
+
 /* log.c */
 #define qed_error(...) qed_log (QED_LOG_ERROR, __VA_ARGS__)
 #define qed_notice(...) qed_log (QED_LOG_NOTICE, __VA_ARGS__)
@@ -478,6 +485,7 @@ int backing_open (struct qed_image *img, const struct qed_open_options *opts,
 void backing_close (struct backing *b);
 int backing_read (struct backing *b, void *buf, uint64_t count,
                   uint64_t offset);
+int backing_prefetch (struct backing *b, uint64_t count, uint64_t offset);
 /* The extents of img's backing chain (img at depth) over a range that
  * img leaves unallocated, as image_extents reports them.
  */

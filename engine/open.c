@@ -174,6 +174,7 @@ image_open (struct qed_file *file, const char *path,
   img->no_locking = opts->no_locking;
   img->always_check = opts->always_check;
   img->header_only = opts->header_only;
+  img->direct = opts->direct;
   if (path && (img->path = strdup (path)) == NULL) {
     r = -ENOMEM;
     goto fail;
@@ -263,7 +264,8 @@ qed_image_open (const char *name, const struct qed_open_options *opts,
   int r;
 
   r = opener->open (opener, name,
-                    opts->access != QED_READ_ONLY ? QED_OPEN_WRITE : 0, &file);
+                    (opts->access != QED_READ_ONLY ? QED_OPEN_WRITE : 0) |
+                    (opts->direct ? QED_OPEN_DIRECT : 0), &file);
   if (r < 0) {
     qed_error ("%s: %s", name, strerror (-r));
     return r;

@@ -61,3 +61,40 @@ image_read (struct qed_image *img, void *buf, uint64_t count, uint64_t offset)
   }
   return 0;
 }
+
+int
+qed_image_prefetch (struct qed_image *img, uint64_t count, uint64_t offset)
+{
+  PASS_GATE_FOR_CURRENT_SCOPE (img);
+  int r = check_range (img, count, offset, "prefetch");
+
+  while (r == 0 && count > 0) {
+    struct run run;
+
+    /* The lookup itself loads the L2 slices into the cache. */
+    r = lookup_run_taking_lock (img, offset, count, &run);
+    if (r < 0)
+      return r;
+
+    switch (run.kind) {
+    case RUN_DATA:
+      r = file_prefetch (img->file, run.host, run.length);
+      if (r < 0)
+        qed_error ("%s: prefetching %" PRIu64 " bytes at 0x%" PRIx64 ": %s",
+                   image_name (img), run.length, run.host, strerror (-r));
+      break;
+    case RUN_UNALLOC:
+      if (img->backing)
+        r = backing_prefetch (img->backing, run.length, offset);
+      break;
+    case RUN_ZERO:
+      break;
+    case RUN_BAD:
+      r = -EIO;
+      break;
+    }
+    offset += run.length;
+    count -= run.length;
+  }
+  return r;
+}

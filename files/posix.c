@@ -1,11 +1,31 @@
 /* nbdkit-qed: the POSIX file layer: host files by path.
  * SPDX-License-Identifier: LGPL-2.1-or-later
+ *
+ * Direct I/O (QED_OPEN_DIRECT: O_DIRECT) wants the buffer, the offset
+ * and the count aligned to the device's logical block size, which
+ * DIRECT_ALIGN covers on every device.  The engine and NBD clients do
+ * not always align (an 8-byte table entry, the 68-byte header, a
+ * 1-byte client write), so the layer makes it transparent: aligned
+ * requests go straight to the file, the others through an aligned
+ * bounce buffer covering the blocks they touch.  A write there reads
+ * its partial first and last blocks, patches them and writes them
+ * back, holding rmw_lock so that two writes patching different bytes
+ * of one block do not undo each other.  A write of whole blocks needs
+ * no lock: one that covers a block being patched overlaps the patch,
+ * and writes overlapping at once are the writers' race, as on any
+ * disk.  A block patched past
+ * the end of the file extends the file to the end of that block,
+ * which for an image stays inside the cluster being written (clusters
+ * are multiples of DIRECT_ALIGN).
  */
 
 #include <config.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,44 +35,44 @@
 #include "qed.h"
 #include "lock.h"
 
+#define DIRECT_ALIGN 4096
+
 struct posix_file {
   struct qed_file base;         /* first, so a qed_file * converts */
   int fd;
   char *path;
   enum qed_lock_mode lock_mode;
+  bool direct;                  /* opened with O_DIRECT */
+  pthread_mutex_t rmw_lock;     /* direct: unaligned writes, one at a time */
 };
 
+/* Read up to count bytes, fewer only at the end of the file: *got. */
 static int
-posix_pread (struct qed_file *f, void *buf, size_t count, uint64_t offset)
+read_upto (int fd, char *p, size_t count, uint64_t offset, size_t *got)
 {
-  struct posix_file *pf = (struct posix_file *) f;
-  char *p = buf;
-
+  *got = 0;
   while (count > 0) {
-    ssize_t r = pread (pf->fd, p, count, offset);
+    ssize_t r = pread (fd, p, count, offset);
     if (r == -1) {
       if (errno == EINTR)
         continue;
       return -errno;
     }
-    if (r == 0)                 /* the file ends before the data does */
-      return -EIO;
+    if (r == 0)
+      break;
     p += r;
     count -= r;
     offset += r;
+    *got += r;
   }
   return 0;
 }
 
 static int
-posix_pwrite (struct qed_file *f, const void *buf, size_t count,
-              uint64_t offset)
+write_all (int fd, const char *p, size_t count, uint64_t offset)
 {
-  struct posix_file *pf = (struct posix_file *) f;
-  const char *p = buf;
-
   while (count > 0) {
-    ssize_t r = pwrite (pf->fd, p, count, offset);
+    ssize_t r = pwrite (fd, p, count, offset);
     if (r == -1) {
       if (errno == EINTR)
         continue;
@@ -64,6 +84,109 @@ posix_pwrite (struct qed_file *f, const void *buf, size_t count,
     offset += r;
   }
   return 0;
+}
+
+/* Whether a request can go to the file as it is. */
+static bool
+passes_as_is (const struct posix_file *pf, const void *buf, size_t count,
+              uint64_t offset)
+{
+  return !pf->direct ||
+    (((uintptr_t) buf | offset | count) & (DIRECT_ALIGN - 1)) == 0;
+}
+
+/* The blocks covering [offset, offset + count): an aligned buffer for
+ * them in *bounce, their start in *start and length in *len.
+ */
+static int
+bounce_alloc (size_t count, uint64_t offset, char **bounce, uint64_t *start,
+              size_t *len)
+{
+  uint64_t end = (offset + count + DIRECT_ALIGN - 1)
+    & ~(uint64_t) (DIRECT_ALIGN - 1);
+  void *p;
+
+  *start = offset & ~(uint64_t) (DIRECT_ALIGN - 1);
+  *len = end - *start;
+  if ((errno = posix_memalign (&p, DIRECT_ALIGN, *len)) != 0)
+    return -errno;
+  *bounce = p;
+  return 0;
+}
+
+static int
+posix_pread (struct qed_file *f, void *buf, size_t count, uint64_t offset)
+{
+  struct posix_file *pf = (struct posix_file *) f;
+  uint64_t start;
+  size_t len, got;
+  char *bounce = NULL;
+  int r;
+
+  if (passes_as_is (pf, buf, count, offset)) {
+    r = read_upto (pf->fd, buf, count, offset, &got);
+    /* The file ends before the data does: EIO. */
+    return r < 0 ? r : got < count ? -EIO : 0;
+  }
+  if ((r = bounce_alloc (count, offset, &bounce, &start, &len)) < 0)
+    return r;
+  r = read_upto (pf->fd, bounce, len, start, &got);
+  if (r == 0 && got < offset - start + count)
+    r = -EIO;
+  if (r == 0)
+    memcpy (buf, bounce + (offset - start), count);
+  free (bounce);
+  return r;
+}
+
+/* Read the block at block_start into p; what lies past the end of the
+ * file reads as zeros.
+ */
+static int
+read_block (struct posix_file *pf, char *p, uint64_t block_start)
+{
+  size_t got;
+  int r = read_upto (pf->fd, p, DIRECT_ALIGN, block_start, &got);
+
+  if (r == 0)
+    memset (p + got, 0, DIRECT_ALIGN - got);
+  return r;
+}
+
+static int
+posix_pwrite (struct qed_file *f, const void *buf, size_t count,
+              uint64_t offset)
+{
+  struct posix_file *pf = (struct posix_file *) f;
+  uint64_t start;
+  size_t len;
+  char *bounce = NULL;
+  bool patch;
+  int r = 0;
+
+  if (passes_as_is (pf, buf, count, offset))
+    return write_all (pf->fd, buf, count, offset);
+  if ((r = bounce_alloc (count, offset, &bounce, &start, &len)) < 0)
+    return r;
+  /* Only the buffer unaligned: whole blocks, nothing to read back. */
+  patch = offset != start || (offset + count) % DIRECT_ALIGN != 0;
+  if (patch) {
+    pthread_mutex_lock (&pf->rmw_lock);
+    if (offset != start)
+      r = read_block (pf, bounce, start);
+    if (r == 0 && (offset + count) % DIRECT_ALIGN != 0 &&
+        (offset == start || len > DIRECT_ALIGN))
+      r = read_block (pf, bounce + len - DIRECT_ALIGN,
+                      start + len - DIRECT_ALIGN);
+  }
+  if (r == 0) {
+    memcpy (bounce + (offset - start), buf, count);
+    r = write_all (pf->fd, bounce, len, start);
+  }
+  if (patch)
+    pthread_mutex_unlock (&pf->rmw_lock);
+  free (bounce);
+  return r;
 }
 
 static int
@@ -125,6 +248,7 @@ posix_close (struct qed_file *f)
   struct posix_file *pf = (struct posix_file *) f;
 
   close (pf->fd);               /* releases the OFD locks too */
+  pthread_mutex_destroy (&pf->rmw_lock);
   free (pf->path);
   free (pf);
 }
@@ -140,6 +264,17 @@ posix_identity (struct qed_file *f, uint64_t id[2])
   id[0] = st.st_dev;
   id[1] = st.st_ino;
   return 0;
+}
+
+static int
+posix_prefetch (struct qed_file *f, uint64_t offset, uint64_t count)
+{
+  struct posix_file *pf = (struct posix_file *) f;
+
+  /* Direct I/O reads past the page cache: nothing to warm. */
+  if (pf->direct)
+    return 0;
+  return -posix_fadvise (pf->fd, offset, count, POSIX_FADV_WILLNEED);
 }
 
 /* Asked the way QEMU's file driver asks (data first, then where it
@@ -189,6 +324,7 @@ static const struct qed_file_ops posix_ops = {
   .punch = posix_punch,
   .lock = posix_lock,
   .identity = posix_identity,
+  .prefetch = posix_prefetch,
   .extent = posix_extent,
 };
 
@@ -226,6 +362,44 @@ special_type (mode_t mode)
   return "not a regular file";
 }
 
+/* The file over fd, which it owns from then on (also on failure). */
+static int
+file_new (int fd, const char *path, bool writable, bool direct,
+          struct qed_file **filep)
+{
+  struct posix_file *pf = calloc (1, sizeof *pf);
+  int e;
+
+  if (pf == NULL || (pf->path = strdup (path)) == NULL) {
+    e = errno;
+    free (pf);
+    close (fd);
+    return -e;
+  }
+  pf->base.ops = &posix_ops;
+  pf->base.writable = writable;
+  pf->fd = fd;
+  pf->lock_mode = QED_LOCK_NONE;
+  pf->direct = direct;
+  pthread_mutex_init (&pf->rmw_lock, NULL);
+  *filep = &pf->base;
+  return 0;
+}
+
+/* -errno of a failed open, saying so when it was direct I/O that the
+ * file system refused (ramfs, tmpfs before Linux 6.6).
+ */
+static int
+open_failed (const char *path, unsigned flags)
+{
+  int e = errno;
+
+  if (e == EINVAL && (flags & QED_OPEN_DIRECT))
+    qed_log (QED_LOG_ERROR, "%s: cannot open with O_DIRECT: the file system"
+             " does not support direct I/O", path);
+  return -e;
+}
+
 static int
 posix_open (const struct qed_opener *opener, const char *path,
             unsigned flags, struct qed_file **filep)
@@ -233,8 +407,8 @@ posix_open (const struct qed_opener *opener, const char *path,
   int writable = (flags & QED_OPEN_WRITE) != 0;
   int create = flags & QED_OPEN_CREATE ? O_CREAT : 0;
   /* Non-blocking, so that a FIFO cannot hang the open. */
-  int oflags = O_CLOEXEC | O_NONBLOCK;
-  struct posix_file *pf;
+  int oflags = O_CLOEXEC | O_NONBLOCK |
+    (flags & QED_OPEN_DIRECT ? O_DIRECT : 0);
   const char *type;
   struct stat st;
   int fd = -1, e;
@@ -248,12 +422,12 @@ posix_open (const struct qed_opener *opener, const char *path,
         !create)
       writable = 0;
     else if (fd == -1)
-      return -errno;
+      return open_failed (path, flags);
   }
   if (fd == -1) {
     fd = open (path, O_RDONLY | oflags);
     if (fd == -1)
-      return -errno;
+      return open_failed (path, flags);
   }
   if (fstat (fd, &st) == -1 ||
       fcntl (fd, F_SETFL, fcntl (fd, F_GETFL) & ~O_NONBLOCK) == -1) {
@@ -268,19 +442,32 @@ posix_open (const struct qed_opener *opener, const char *path,
     return -EINVAL;
   }
 
-  pf = calloc (1, sizeof *pf);
-  if (pf == NULL || (pf->path = strdup (path)) == NULL) {
+  return file_new (fd, path, writable, (flags & QED_OPEN_DIRECT) != 0, filep);
+}
+
+int
+qed_posix_tmpfile (const char *dir, struct qed_file **filep)
+{
+  char *name;
+  int fd, e;
+
+  if (asprintf (&name, "%s/qed-tmp.XXXXXX", dir) == -1)
+    return -ENOMEM;
+  fd = open (dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  /* File systems without O_TMPFILE: the name lives only until the
+   * unlink just after.
+   */
+  if (fd == -1 && (errno == EOPNOTSUPP || errno == EISDIR) &&
+      (fd = mkostemp (name, O_CLOEXEC)) >= 0)
+    unlink (name);
+  if (fd == -1) {
     e = errno;
-    free (pf);
-    close (fd);
+    free (name);
     return -e;
   }
-  pf->base.ops = &posix_ops;
-  pf->base.writable = writable;
-  pf->fd = fd;
-  pf->lock_mode = QED_LOCK_NONE;
-  *filep = &pf->base;
-  return 0;
+  e = file_new (fd, name, true, false, filep);
+  free (name);
+  return e;
 }
 
 const struct qed_opener qed_posix_opener = {

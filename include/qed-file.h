@@ -67,6 +67,11 @@ struct qed_file_ops {
    * NULL: only the chain's depth limit stops a loop.
    */
   int (*identity) (struct qed_file *f, uint64_t id[2]);
+  /* Start reading the range into the host's cache, without waiting
+   * for it (posix_fadvise WILLNEED).  NULL: the file has no cache to
+   * warm, and prefetching reads only the image's tables.
+   */
+  int (*prefetch) (struct qed_file *f, uint64_t offset, uint64_t count);
   /* Whether offset lies in a hole (a range the file does not store,
    * which reads as zeros) or in data, and how far that lasts: sets
    * *hole and *length, from 1 to count bytes.  The range may pass the
@@ -88,6 +93,9 @@ struct qed_file {
 #define QED_OPEN_WRITE  (1u << 0)  /* read-write where permitted, else
                                     * read-only (file->writable says) */
 #define QED_OPEN_CREATE (1u << 1)  /* create the file if it is missing */
+#define QED_OPEN_DIRECT (1u << 2)  /* bypass the host's page cache
+                                    * (O_DIRECT); a file layer that
+                                    * cannot fails the open with EINVAL */
 
 struct qed_opener {
   /* The name under which to open name, which the file called base
@@ -109,5 +117,12 @@ struct qed_opener {
  * directory of the image that names them.
  */
 extern const struct qed_opener qed_posix_opener;
+
+/* A new, empty, writable file in the directory dir that has no name
+ * (O_TMPFILE; where the file system lacks it, the file is unlinked
+ * right after it is made), so that it vanishes when closed, however
+ * the process ends.
+ */
+int qed_posix_tmpfile (const char *dir, struct qed_file **filep);
 
 #endif /* QED_FILE_H */

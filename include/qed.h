@@ -70,6 +70,10 @@ struct qed_open_options {
   size_t l2_cache_size;
   /* Take no QEMU-compatible OFD locks on the image and backing files. */
   bool no_locking;
+  /* Open the image and its backing files with QED_OPEN_DIRECT: I/O
+   * bypasses the host's page cache.
+   */
+  bool direct;
   /* Run check (and repair, if writable) on open even when the image
    * does not have NEED_CHECK set.  For images from untrusted sources.
    */
@@ -188,6 +192,14 @@ int qed_image_trim (struct qed_image *img, uint64_t count, uint64_t offset,
                     unsigned flags);
 
 int qed_image_flush (struct qed_image *img);
+
+/* Prefetch the range: read the L2 tables that map it (of the image and
+ * its QED backing files) into the L2 cache, and have the file layers
+ * start reading its data into the host's cache.  Returns before that
+ * data has arrived.  Fails with EIO where a read would.
+ */
+int qed_image_prefetch (struct qed_image *img, uint64_t count,
+                        uint64_t offset);
 
 /* Block status.  Reports the range from offset as consecutive extents
  * (each at least 1 byte, together covering at least one byte and at

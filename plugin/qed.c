@@ -1,8 +1,10 @@
 /* nbdkit-qed: an nbdkit plugin serving QEMU QED disk images.
  * SPDX-License-Identifier: LGPL-2.1-or-later
  *
- * The callbacks only map NBD requests onto the engine (engine/): one
- * image, opened in .get_ready, is shared by every connection.
+ * The callbacks only map NBD requests onto the engine (engine/).  With
+ * file=, one image, opened in .get_ready, is shared by every
+ * connection; with dir=, each connection gets the image its export
+ * name names, shared with the other connections to it (exports.c).
  */
 
 #include <config.h>
@@ -19,6 +21,7 @@
 #include <nbdkit-plugin.h>
 
 #include "qed.h"
+#include "exports.h"
 
 /* Milliseconds without allocating writes before the image is marked
  * clean (QEMU waits 5 seconds too).
@@ -29,14 +32,32 @@
 #define MAX_REQUEST (32 * 1024 * 1024)
 
 static char *filename;
+static char *dir;                       /* dir=: serve its images */
+static char *default_export;            /* dir=: served for the name "" */
 static char *backing;
 static const char *backing_format;
 static bool no_backing;
 static int64_t l2_cache_size;
 static bool no_locking;
 static bool always_check;
+/* detect-zeroes=: writes of zeros become zero requests (on), which
+ * may also give host space back (unmap).
+ */
+static enum { DETECT_OFF, DETECT_ON, DETECT_UNMAP } detect_zeroes;
+/* cache=, as qemu-nbd's: writes durable only when the client flushes
+ * (writeback), always before they are acknowledged (writethrough),
+ * through direct I/O (none), or never (unsafe: flushes are ignored).
+ */
+static enum {
+  CACHE_WRITEBACK, CACHE_WRITETHROUGH, CACHE_NONE, CACHE_UNSAFE
+} cache_mode;
 
-static struct qed_image *image;
+/* snapshot=true: serve the image read-only under a temporary overlay
+ * that takes the writes (open_snapshot).
+ */
+static bool snapshot;
+
+static struct qed_image *image;         /* file= */
 
 /* nbdkit has errors and debug messages only.  A notice (a repair, a
  * fallback) is no error: it goes to stderr in nbdkit's own format,
@@ -70,6 +91,8 @@ static void
 qed_unload (void)
 {
   free (filename);
+  free (dir);
+  free (default_export);
   free (backing);
 }
 
@@ -89,6 +112,20 @@ qed_config (const char *key, const char *value)
     filename = nbdkit_realpath (value);
     if (filename == NULL)
       return -1;
+  }
+  else if (strcmp (key, "dir") == 0) {
+    free (dir);
+    dir = nbdkit_realpath (value);
+    if (dir == NULL)
+      return -1;
+  }
+  else if (strcmp (key, "default-export") == 0) {
+    free (default_export);
+    default_export = strdup (value);
+    if (default_export == NULL) {
+      nbdkit_error ("strdup: %m");
+      return -1;
+    }
   }
   else if (strcmp (key, "backing") == 0) {
     free (backing);
@@ -132,6 +169,38 @@ qed_config (const char *key, const char *value)
       return -1;
     }
   }
+  else if (strcmp (key, "detect-zeroes") == 0) {
+    if (strcmp (value, "off") == 0)
+      detect_zeroes = DETECT_OFF;
+    else if (strcmp (value, "on") == 0)
+      detect_zeroes = DETECT_ON;
+    else if (strcmp (value, "unmap") == 0)
+      detect_zeroes = DETECT_UNMAP;
+    else {
+      nbdkit_error ("detect-zeroes must be off, on or unmap, not %s", value);
+      return -1;
+    }
+  }
+  else if (strcmp (key, "cache") == 0) {
+    if (strcmp (value, "writeback") == 0)
+      cache_mode = CACHE_WRITEBACK;
+    else if (strcmp (value, "writethrough") == 0)
+      cache_mode = CACHE_WRITETHROUGH;
+    else if (strcmp (value, "none") == 0)
+      cache_mode = CACHE_NONE;
+    else if (strcmp (value, "unsafe") == 0)
+      cache_mode = CACHE_UNSAFE;
+    else {
+      nbdkit_error ("cache must be writeback, writethrough, none or unsafe,"
+                    " not %s", value);
+      return -1;
+    }
+  }
+  else if (strcmp (key, "snapshot") == 0) {
+    if ((r = nbdkit_parse_bool (value)) == -1)
+      return -1;
+    snapshot = r;
+  }
   else {
     nbdkit_error ("unknown parameter '%s'", key);
     return -1;
@@ -143,8 +212,22 @@ qed_config (const char *key, const char *value)
 static int
 qed_config_complete (void)
 {
-  if (filename == NULL) {
-    nbdkit_error ("you must supply the file=<FILENAME> parameter");
+  if (filename == NULL && dir == NULL) {
+    nbdkit_error ("you must supply the file=<FILENAME> parameter"
+                  " (or dir=<DIRECTORY>)");
+    return -1;
+  }
+  if (filename && dir) {
+    nbdkit_error ("file= and dir= cannot be used together");
+    return -1;
+  }
+  if (dir && (backing || backing_format || snapshot)) {
+    nbdkit_error ("dir= cannot be used with backing=, backing-format= or"
+                  " snapshot=true");
+    return -1;
+  }
+  if (default_export && dir == NULL) {
+    nbdkit_error ("default-export= needs dir=");
     return -1;
   }
   if (no_backing && (backing || backing_format)) {
@@ -152,18 +235,33 @@ qed_config_complete (void)
                   " or backing-format=");
     return -1;
   }
+  /* The image is the overlay's backing file, opened as it is. */
+  if (snapshot && (backing || backing_format)) {
+    nbdkit_error ("snapshot=true cannot be used with backing= or"
+                  " backing-format=");
+    return -1;
+  }
   return 0;
 }
 
 #define qed_config_help \
-  "[file=]<FILENAME>        (required) The QED image to serve.\n" \
+  "[file=]<FILENAME>        The QED image to serve, or\n" \
+  "dir=<DIRECTORY>          serve each QED image in it as an export.\n" \
+  "default-export=<NAME>    With dir=: the image for the default export.\n" \
   "backing=<FILENAME>       Backing file to use instead of the image's.\n" \
   "backing-format=raw|qed   Format of the backing file.\n" \
   "allow-backing=false      Refuse images that have a backing file.\n" \
   "l2-cache-size=<SIZE>     Memory for cached L2 tables (default 32M).\n" \
   "locking=false            Take no QEMU-compatible image locks.\n" \
   "check=auto|always        Check (and repair) the image at start always,\n" \
-  "                         or only when it was not closed cleanly (auto)."
+  "                         or only when it was not closed cleanly (auto).\n" \
+  "detect-zeroes=off|on|unmap\n" \
+  "                         Writes of zeros become zero requests (off by\n" \
+  "                         default; unmap: giving host space back).\n" \
+  "cache=writeback|writethrough|none|unsafe\n" \
+  "                         When writes are made durable (as qemu-nbd's).\n" \
+  "snapshot=true            Leave the image unchanged: writes go to a\n" \
+  "                         temporary overlay in $TMPDIR, lost at exit."
 
 /* Extra --dump-plugin lines. */
 static void
@@ -171,6 +269,54 @@ qed_dump_plugin (void)
 {
   printf ("qed_backing_files=raw,qed\n");
   printf ("qed_locking=qemu\n");
+  printf ("qed_detect_zeroes=off,on,unmap\n");
+  printf ("qed_cache=writeback,writethrough,none,unsafe\n");
+  printf ("qed_snapshot=yes\n");
+  printf ("qed_dir=yes\n");
+}
+
+/* snapshot=true: the image, opened read-only, becomes the backing file
+ * of a new QED overlay of the same geometry, which takes the writes.
+ * The overlay is a file without a name in $TMPDIR, so nothing is left
+ * behind however nbdkit ends.  The image is first opened on its own,
+ * with the user's options (allow-backing, check), and stays open
+ * until the overlay has it.
+ */
+static int
+open_snapshot (const struct qed_open_options *image_opts)
+{
+  const char *tmpdir = getenv ("TMPDIR") ? getenv ("TMPDIR") : "/tmp";
+  struct qed_open_options read_only = *image_opts;
+  struct qed_open_options overlay_opts = {
+    .access = QED_READ_WRITE,
+    .l2_cache_size = image_opts->l2_cache_size,
+    .no_locking = image_opts->no_locking,
+    .direct = image_opts->direct,
+  };
+  struct qed_create_options create = {
+    .backing_file = filename,
+    .backing_format = "qed",
+  };
+  struct qed_image *base;
+  struct qed_file *tmp;
+  int r;
+
+  read_only.access = QED_READ_ONLY;
+  if (qed_image_open (filename, &read_only, &base) < 0)
+    return -1;
+  create.size = qed_image_size (base);
+  create.cluster_size = qed_image_cluster_size (base);
+
+  r = qed_posix_tmpfile (tmpdir, &tmp);
+  if (r < 0)
+    nbdkit_error ("snapshot: cannot make a temporary file in %s: %s",
+                  tmpdir, strerror (-r));
+  else if ((r = qed_create_file (tmp, &create)) < 0)
+    tmp->ops->close (tmp);
+  else
+    r = qed_image_open_file (tmp, "snapshot overlay", &overlay_opts, &image);
+  qed_image_close (base);
+  return r < 0 ? -1 : 0;
 }
 
 /* Open and validate the image, so a bad one fails at start.  Writes
@@ -188,8 +334,13 @@ qed_get_ready (void)
     .l2_cache_size = l2_cache_size,
     .no_locking = no_locking,
     .always_check = always_check,
+    .direct = cache_mode == CACHE_NONE,
   };
 
+  if (dir)
+    return exports_init (dir, &opts, IDLE_MS);
+  if (snapshot)
+    return open_snapshot (&opts);
   return qed_image_open (filename, &opts, &image) < 0 ? -1 : 0;
 }
 
@@ -197,6 +348,8 @@ qed_get_ready (void)
 static int
 qed_after_fork (void)
 {
+  if (dir)                      /* each image starts its own on open */
+    return 0;
   return qed_image_start_background (image, IDLE_MS) < 0 ? -1 : 0;
 }
 
@@ -208,6 +361,7 @@ qed_cleanup (void)
     qed_image_close (image);
     image = NULL;
   }
+  exports_free ();
 }
 
 /* A writable connection turns writes on (write lock, repair) if they
@@ -218,16 +372,66 @@ qed_cleanup (void)
 static void *
 qed_open (int readonly)
 {
+  const char *name;
+
+  if (dir) {
+    name = nbdkit_export_name ();
+    if (name == NULL)
+      return NULL;
+    if (name[0] == '\0') {
+      nbdkit_error ("no default export: name one of the images in %s"
+                    " (nbdinfo --list shows them), or start the server"
+                    " with default-export=NAME", dir);
+      return NULL;
+    }
+    /* Writes are turned on by the first write request (writable_image),
+     * so that probes (NBD_OPT_INFO) leave the image alone.
+     */
+    return export_get (name);
+  }
   if (!readonly && qed_image_enable_writes (image) < 0)
     nbdkit_debug ("serving this connection read-only");
   return NBDKIT_HANDLE_NOT_NEEDED;
+}
+
+/* dir=: the connection's export has served its last request. */
+static void
+qed_close (void *handle)
+{
+  if (dir)
+    export_put (handle);
+}
+
+/* The connection's image. */
+static struct qed_image *
+image_of (void *handle)
+{
+  return dir ? export_image (handle) : image;
+}
+
+/* dir=: the exports, with descriptions. */
+static int
+qed_list_exports (int readonly, int is_tls, struct nbdkit_exports *exports)
+{
+  if (dir)
+    return exports_list (exports);
+  return nbdkit_use_default_export (exports);
+}
+
+/* dir=: the default export is the one default-export= names, else
+ * none (qed_open refuses "").
+ */
+static const char *
+qed_default_export (int readonly, int is_tls)
+{
+  return dir && default_export ? default_export : "";
 }
 
 /* Size of the virtual disk. */
 static int64_t
 qed_get_size (void *handle)
 {
-  return qed_image_size (image);
+  return qed_image_size (image_of (handle));
 }
 
 /* Any alignment works; whole clusters avoid copy-on-write. */
@@ -235,7 +439,7 @@ static int
 qed_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
                 uint32_t *maximum)
 {
-  uint32_t cluster = qed_image_cluster_size (image);
+  uint32_t cluster = qed_image_cluster_size (image_of (handle));
 
   *minimum = 1;
   *preferred = cluster < MAX_REQUEST ? cluster : MAX_REQUEST;
@@ -243,11 +447,13 @@ qed_block_size (void *handle, uint32_t *minimum, uint32_t *preferred,
   return 0;
 }
 
-/* Writable once qed_open turned writes on. */
+/* Writable once qed_open turned writes on; with dir=, writes are
+ * turned on by the first write (writable_image).
+ */
 static int
 qed_can_write (void *handle)
 {
-  return qed_image_is_writable (image);
+  return dir ? 1 : qed_image_is_writable (image);
 }
 
 /* All connections share one image, and flush is global. */
@@ -299,11 +505,36 @@ qed_can_extents (void *handle)
   return 1;
 }
 
-/* Reading warms the L2 cache and the page cache. */
+/* Cache prefetches the tables and the data (qed_cache). */
 static int
 qed_can_cache (void *handle)
 {
-  return NBDKIT_CACHE_EMULATE;
+  return NBDKIT_CACHE_NATIVE;
+}
+
+/* What the client sees as the export's description (nbdinfo prints
+ * it): the image's geometry and backing file.
+ */
+static const char *
+qed_export_description (void *handle)
+{
+  struct qed_image_info info;
+  char desc[DESCRIPTION_SIZE];
+
+  qed_image_get_info (image_of (handle), &info);
+  if (snapshot)                 /* the overlay's backing file is the image */
+    return nbdkit_printf_intern ("QED image, virtual size %" PRIu64
+                                 " bytes, cluster size %" PRIu32
+                                 ", snapshot: writes are discarded at exit",
+                                 info.size, info.cluster_size);
+  if (backing)
+    describe_image (desc, sizeof desc, &info, backing,
+                    backing_format && strcmp (backing_format, "raw") == 0);
+  else
+    describe_image (desc, sizeof desc, &info, info.backing_name,
+                    backing_format ? strcmp (backing_format, "raw") == 0
+                    : info.backing_raw);
+  return nbdkit_strdup_intern (desc);
 }
 
 /* The engine's result as nbdkit's: 0, or -1 with errno set. */
@@ -321,23 +552,67 @@ static int
 qed_pread (void *handle, void *buf, uint32_t count, uint64_t offset,
            uint32_t flags)
 {
-  return to_nbdkit (qed_image_read (image, buf, count, offset));
+  return to_nbdkit (qed_image_read (image_of (handle), buf, count, offset));
 }
 
+/* The request's flags for the engine.  FUA follows the cache mode:
+ * writethrough makes every write durable, unsafe none; nor does a
+ * snapshot, whose writes are lost at exit anyway.
+ */
 static unsigned
 engine_flags (uint32_t flags)
 {
-  return (flags & NBDKIT_FLAG_FUA ? QED_FUA : 0) |
+  bool fua = !snapshot && (cache_mode == CACHE_WRITETHROUGH ||
+                           (cache_mode != CACHE_UNSAFE &&
+                            (flags & NBDKIT_FLAG_FUA)));
+
+  return (fua ? QED_FUA : 0) |
     (flags & NBDKIT_FLAG_FAST_ZERO ? QED_FAST_ZERO : 0) |
     (flags & NBDKIT_FLAG_MAY_TRIM ? QED_MAY_TRIM : 0);
 }
 
-/* Write data. */
+/* The connection's image for a write request, or NULL with errno set.
+ * With dir=, the first write turns writes on (lock, repair).
+ */
+static struct qed_image *
+writable_image (void *handle)
+{
+  struct qed_image *img = image_of (handle);
+  int r;
+
+  if (dir && (r = qed_image_enable_writes (img)) < 0) {
+    errno = -r;
+    return NULL;
+  }
+  return img;
+}
+
+/* Whether the buffer holds only zeros; stops at the first byte that
+ * is not, so that data costs next to nothing.
+ */
+static bool
+is_zero (const char *p, size_t n)
+{
+  return n == 0 || (p[0] == 0 && memcmp (p, p + 1, n - 1) == 0);
+}
+
+/* Write data; with detect-zeroes, zeros as a zero request. */
 static int
 qed_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
             uint32_t flags)
 {
-  return to_nbdkit (qed_image_write (image, buf, count, offset,
+  struct qed_image *img = writable_image (handle);
+
+  if (img == NULL)
+    return -1;
+  if (detect_zeroes != DETECT_OFF && is_zero (buf, count)) {
+    unsigned zero_flags = engine_flags (flags & NBDKIT_FLAG_FUA);
+
+    if (detect_zeroes == DETECT_UNMAP)
+      zero_flags |= QED_MAY_TRIM;
+    return to_nbdkit (qed_image_zero (img, count, offset, zero_flags));
+  }
+  return to_nbdkit (qed_image_write (img, buf, count, offset,
                                      engine_flags (flags)));
 }
 
@@ -345,7 +620,11 @@ qed_pwrite (void *handle, const void *buf, uint32_t count, uint64_t offset,
 static int
 qed_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return to_nbdkit (qed_image_zero (image, count, offset,
+  struct qed_image *img = writable_image (handle);
+
+  if (img == NULL)
+    return -1;
+  return to_nbdkit (qed_image_zero (img, count, offset,
                                     engine_flags (flags)));
 }
 
@@ -353,15 +632,32 @@ qed_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 static int
 qed_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
 {
-  return to_nbdkit (qed_image_trim (image, count, offset,
+  struct qed_image *img = writable_image (handle);
+
+  if (img == NULL)
+    return -1;
+  return to_nbdkit (qed_image_trim (img, count, offset,
                                     engine_flags (flags)));
 }
 
-/* Make everything written durable. */
+/* Read the tables mapping the range into memory and start reading
+ * its data into the page cache.
+ */
+static int
+qed_cache (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  return to_nbdkit (qed_image_prefetch (image_of (handle), count, offset));
+}
+
+/* Make everything written durable (cache=unsafe and snapshots, whose
+ * writes are lost at exit: pretend to).
+ */
 static int
 qed_flush (void *handle, uint32_t flags)
 {
-  return to_nbdkit (qed_image_flush (image));
+  if (cache_mode == CACHE_UNSAFE || snapshot)
+    return 0;
+  return to_nbdkit (qed_image_flush (image_of (handle)));
 }
 
 struct extents_request {
@@ -389,7 +685,7 @@ qed_extents (void *handle, uint32_t count, uint64_t offset, uint32_t flags,
     .req_one = flags & NBDKIT_FLAG_REQ_ONE,
   };
 
-  return to_nbdkit (qed_image_block_status (image, count, offset,
+  return to_nbdkit (qed_image_block_status (image_of (handle), count, offset,
                                             add_extent, &req));
 }
 
@@ -407,7 +703,11 @@ static struct nbdkit_plugin plugin = {
   .get_ready          = qed_get_ready,
   .after_fork         = qed_after_fork,
   .cleanup            = qed_cleanup,
+  .list_exports       = qed_list_exports,
+  .default_export     = qed_default_export,
   .open               = qed_open,
+  .close              = qed_close,
+  .export_description = qed_export_description,
   .get_size           = qed_get_size,
   .block_size         = qed_block_size,
   .can_write          = qed_can_write,
@@ -424,6 +724,7 @@ static struct nbdkit_plugin plugin = {
   .zero               = qed_zero,
   .trim               = qed_trim,
   .flush              = qed_flush,
+  .cache              = qed_cache,
   .extents            = qed_extents,
   .errno_is_preserved = 1,
 };

@@ -34,6 +34,9 @@ const struct command commands[] = {
   { "rebase", cmd_rebase,
     "[-f qed] [-p] [-u] [-q] -b BACKING [-F raw|qed] FILE",
     "give the image another backing file, or none (-b \"\")" },
+  { "commit", cmd_commit,
+    "[-f qed] [-p] [-d] [-q] FILE",
+    "write what the image holds into its backing file, and empty it" },
   { NULL }
 };
 

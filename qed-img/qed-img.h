@@ -31,6 +31,7 @@ int cmd_map (int argc, char **argv);
 int cmd_convert (int argc, char **argv);
 int cmd_rebase (int argc, char **argv);
 int cmd_resize (int argc, char **argv);
+int cmd_commit (int argc, char **argv);
 
 /* Print "qed-img: what: message" to stderr; returns 1, the exit status
  * of a command that failed.  what is the file (or option) at fault and
@@ -190,6 +191,10 @@ int source_write (struct source *src, const void *buf, uint64_t count,
  * raw file (or zeros written).
  */
 int source_zero (struct source *src, uint64_t count, uint64_t offset);
+/* Make the image size bytes long (longer than it is), reading zeros
+ * in the new part.
+ */
+int source_grow (struct source *src, uint64_t size);
 int source_flush (struct source *src);
 /* Close it; returns 1 (after a message) if the final flush failed. */
 int source_close (struct source *src);

@@ -276,6 +276,21 @@ source_zero (struct source *src, uint64_t count, uint64_t offset)
 }
 
 int
+source_grow (struct source *src, uint64_t size)
+{
+  int r;
+
+  if (src->qed)
+    r = qed_image_resize (src->qed, size, false);
+  else if ((r = src->raw->ops->truncate (src->raw, size)) < 0)
+    fail (src->name, "growing to %" PRIu64 " bytes: %s", size,
+          strerror (-r));
+  if (r == 0)
+    src->size = src->qed ? qed_image_size (src->qed) : size;
+  return r;
+}
+
+int
 source_flush (struct source *src)
 {
   int r;

@@ -32,6 +32,8 @@ qed_packages=(
     qemu-utils                  # qemu-img, qemu-io, qemu-nbd
     fio
     jq
+    strace                      # tests count system calls
+    gnutls-bin                  # psktool, certtool: the TLS test
     valgrind
     perl                        # pod2man, podchecker
     clang

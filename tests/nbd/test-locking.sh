@@ -17,31 +17,6 @@ qemu-img create -q -f qed disk.qed 16M
 head -c 16M /dev/urandom > base.raw
 qemu-img create -q -f qed -b base.raw -F raw overlay.qed 16M
 
-# start_qemu_nbd NAME ARGS...: qemu-nbd on $tmpdir/NAME.sock.
-start_qemu_nbd ()
-{
-    local name=$1 i; shift
-    qemu-nbd -t -k "$tmpdir/$name.sock" "$@" 2>"$tmpdir/$name.log" &
-    eval "_qemu_pid_$name=$!"
-    cleanup_fn stop_qemu_nbd "$name"
-    for (( i=0; i < 100; i++ )); do
-        [ -S "$tmpdir/$name.sock" ] && return 0
-        sleep 0.1
-    done
-    cat "$tmpdir/$name.log"
-    return 1
-}
-# stop_qemu_nbd NAME: stop it (once: it is also a cleanup).
-stop_qemu_nbd ()
-{
-    local pid
-    pid=$(eval echo "\${_qemu_pid_$1:-}")
-    [ -n "$pid" ] || return 0
-    eval "_qemu_pid_$1="
-    kill "$pid"
-    wait "$pid" || true
-}
-
 # 1. qemu-nbd has the image open for writing: we refuse it at start and
 # name the holder.
 start_qemu_nbd q -f qed disk.qed

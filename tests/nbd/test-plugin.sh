@@ -15,9 +15,13 @@ nbdkit "$plugin" --dump-plugin > "$tmpdir/dump"
 grep '^name=qed$' "$tmpdir/dump"
 grep '^thread_model=parallel$' "$tmpdir/dump"
 grep '^qed_backing_files=raw,qed$' "$tmpdir/dump"
+grep '^qed_detect_zeroes=off,on,unmap$' "$tmpdir/dump"
+grep '^qed_cache=writeback,writethrough,none,unsafe$' "$tmpdir/dump"
+grep '^qed_snapshot=yes$' "$tmpdir/dump"
+grep '^qed_dir=yes$' "$tmpdir/dump"
 nbdkit "$plugin" --help > "$tmpdir/help"
 for p in file= backing= backing-format= allow-backing= l2-cache-size= \
-         locking= check=; do
+         locking= check= detect-zeroes= cache= snapshot= dir= default-export=; do
     grep -- "$p" "$tmpdir/help"
 done
 
