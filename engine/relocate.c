@@ -13,7 +13,7 @@
  * data clusters they reference -- so the file needs exactly that many
  * and will end at E, that many clusters from its start.  Whatever lies
  * at or past E moves into the holes below it, then the file is cut at
- * E.  Nothing below E that can stay moves.
+ * E.  Below E, only what is in the way of a table moves.
  *
  * A data cluster fits any hole.  A table (table_size clusters) needs a
  * window: that many clusters in a row below E, free of the header and

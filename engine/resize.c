@@ -52,6 +52,11 @@
  * an overlay whose backing file holds what it reads, reads the same
  * either way), then compaction flushes that and cuts the file after the
  * L1 table.
+ *
+ * Each sets NEED_CHECK (durably) before its first change and clears it
+ * once done, so that the clusters a crash leaks are given back by the
+ * next writable open, whose repair compacts the file.  (A failure does
+ * not keep it: closing clears it, the image being consistent.)
  */
 
 #include <config.h>
@@ -74,7 +79,7 @@ struct past_end {
   uint64_t last_cluster;        /* a virtual cluster below from ... */
   uint64_t last_host;           /* ... now pointed here (0: none) */
   uint64_t append_at;           /* host: where new clusters go */
-  uint64_t file_size;
+  uint64_t file_size;           /* as extend_to leaves it */
   uint64_t l1_index;            /* of the L2 table being walked */
   bool dropped;                 /* clusters lost their references */
 };
@@ -314,7 +319,7 @@ zero_last_cluster (struct past_end *pe, uint64_t old_size)
 }
 
 /* Start from what is on disk, durably: memory reloaded, and the file's
- * size for new clusters.
+ * size for new clusters.  Nothing changes yet.
  */
 static int
 begin (struct qed_image *img, struct past_end *pe)
@@ -354,7 +359,8 @@ grow (struct qed_image *img, uint64_t new_size)
     if (pe.zero_end > new_end)
       pe.zero_end = new_end;
   }
-  if ((r = zero_last_cluster (&pe, old_size)) < 0 ||
+  if ((r = need_check_set (img)) < 0 ||
+      (r = zero_last_cluster (&pe, old_size)) < 0 ||
       (r = change_past_end (&pe)) < 0)
     return r;
   if (pe.dropped) {
@@ -366,7 +372,9 @@ grow (struct qed_image *img, uint64_t new_size)
     else if ((r = compact (img, &freed)) < 0)
       return r;
   }
-  return set_size (img, new_size);
+  if ((r = set_size (img, new_size)) < 0)
+    return r;
+  return need_check_clear (img);
 }
 
 static int
@@ -394,13 +402,15 @@ shrink (struct qed_image *img, uint64_t new_size)
     return -EIO;
   }
 
-  if ((r = set_size (img, new_size)) < 0)
+  if ((r = need_check_set (img)) < 0 ||
+      (r = set_size (img, new_size)) < 0)
     return r;
   pe.from = (new_size + img->cluster_size - 1) >> img->cluster_bits;
   pe.l1_end = img->l1_entries;
-  if ((r = change_past_end (&pe)) < 0)
+  if ((r = change_past_end (&pe)) < 0 ||
+      (r = compact (img, &freed)) < 0)
     return r;
-  return compact (img, &freed);
+  return need_check_clear (img);
 }
 
 /* Whether or not it succeeded, the tables on disk may have changed. */
@@ -485,9 +495,13 @@ make_empty (struct qed_image *img)
     return -ENOTSUP;
   }
   /* from, zero_end and l1_end 0: every L1 entry is cleared. */
-  r = change_past_end (&pe);
+  r = need_check_set (img);
+  if (r == 0)
+    r = change_past_end (&pe);
   if (r == 0)
     r = compact (img, &freed);
+  if (r == 0)
+    r = need_check_clear (img);
   return reload_after (img, r);
 }
 

@@ -277,15 +277,18 @@ int qed_image_check (struct qed_image *img, bool repair,
 
 /* Change the size of the virtual disk to new_size bytes, rounded up to
  * a multiple of 512 (as qed_create rounds it; QEMU refuses to resize
- * QED to a size that is not a multiple).  Durable when it returns; the
- * requests after it see the new size.
+ * QED to a size that is not a multiple).  It waits for the requests in
+ * flight, which complete on the old size, and holds new ones back until
+ * it returns; those see the new size.  Durable when it returns.
  *
  * Growing: the new range reads as zeros, also where the backing file
  * is longer than the old size (those clusters become zero clusters)
  * and in the bytes of the old last cluster past the old size (stale
  * bytes a shrink left there are zeroed).  The size can grow up to
  * qed_image_size_limit of the image's cluster and table sizes: beyond,
- * -EINVAL and the message says the maximum.
+ * -EINVAL and the message says the maximum.  An image opened
+ * header_only with a backing file does not grow (-EINVAL): what its
+ * backing file holds past the old size is unknown.
  *
  * Shrinking: only with allow_shrink (else -EINVAL).  The data past the
  * new end is dropped: the clusters nothing references any more are
@@ -297,9 +300,10 @@ int qed_image_check (struct qed_image *img, bool repair,
  * A refusal changes nothing.  Another failure (an I/O error) leaves
  * the old size with the disk as it was, or, when shrinking failed
  * after writing the new size, the new size with the disk below it as
- * it was and maybe leaked clusters.  A crash at any point is the same:
- * nothing inside the smaller of the two sizes is lost, and a check with
- * repair gives back the clusters that may leak.
+ * it was and maybe leaked clusters (a check with repair gives them
+ * back).  A crash at any point is the same: nothing inside the smaller
+ * of the two sizes is lost; NEED_CHECK is set while clusters could
+ * leak, so the next writable open gives them back.
  *
  * The image must be writable (-EROFS).
  */
@@ -308,10 +312,11 @@ int qed_image_resize (struct qed_image *img, uint64_t new_size,
 
 /* Drop every mapping: afterwards the image reads as its backing file
  * (as zeros without one), and its file is cut back to the header and
- * the L1 table.  For "commit", once the backing file holds what the
+ * the L1 table.  Requests wait for it as for qed_image_resize.  For "commit", once the backing file holds what the
  * image reads.  A crash at any point leaves each L1 entry as it was or
  * cleared, so the image reads what it read or what its backing file
- * holds there, and at worst leaked clusters.  The file must be able to
+ * holds there, and at worst leaked clusters, which the next writable
+ * open gives back (as for qed_image_resize).  The file must be able to
  * change size and have at most 2^28 clusters (-ENOTSUP), the image be
  * writable (-EROFS).
  */

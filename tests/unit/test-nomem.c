@@ -13,14 +13,16 @@
  * The workload (open with NEED_CHECK set, so that it repairs, then
  * writes across tables, reads, zero, trim, flush, block status, a
  * check, a repair of damage made under the open image, writes after
- * it, close) runs once to count its K allocations, then once for each
- * n in 1..K.  Each time:
+ * it, a shrink and a grow back, close) runs once to count its K
+ * allocations, then once for each n in 1..K.  Each time:
  * - the step that met the failure returns -ENOMEM, or succeeds if
  *   only allocations the engine does without failed (a log message's
  *   text: it logs the format instead); every other step succeeds;
  * - after a failed request the image reads, in its range, either what
  *   it read before or what the request wrote, and goes on reading so;
  *   after a failed repair, the memory follows what it changed on disk;
+ *   after a failed resize, the image has the old size or the new one
+ *   and reads as before below the smaller;
  * - the image left in the memfile is consistent: if NEED_CHECK is
  *   clear, a read-only check finds no corruption and no leak; after a
  *   writable open (which repairs if NEED_CHECK is set) neither
@@ -457,6 +459,29 @@ cl (uint64_t n)
   return n * CLUSTER;
 }
 
+/* A resize to size (the disk is SIZE or small).  Failed, the image has
+ * the old size or the new one (and reads as before below the smaller,
+ * which model_check sees once it has grown back), and maybe leaked
+ * clusters, which a repair with memory gives back.
+ */
+static void
+do_resize (struct qed_image *img, uint64_t size, uint64_t small, int line)
+{
+  uint64_t old = qed_image_size (img), now;
+  struct qed_check_result res;
+  int r = STEP (qed_image_resize (img, size, true));
+
+  now = qed_image_size (img);
+  if (now != size && (r == 0 || now != old))
+    FAIL ("line %d: resizing from %" PRIu64 " to %" PRIu64 " left %" PRIu64
+          " bytes", line, old, size, now);
+  if (r < 0)
+    CHECK_OK (qed_image_check (img, true, &res));
+  /* Once smaller, what was cut reads as zeros when it grows back. */
+  if (now == small)
+    memset (model + small, 0, SIZE - small);
+}
+
 static uint64_t l2_table (struct memfile *mf, unsigned l1_index);
 static uint64_t read_entry (struct memfile *mf, uint64_t table,
                             unsigned index);
@@ -535,6 +560,16 @@ workload (struct memfile *mf, struct qed_image *img)
   do_write (img, cl (30), cl (2), 105, __LINE__);
   do_write (img, SIZE - cl (3), cl (2), 106, __LINE__);
   do_write (img, cl (40) + 1, 100, 107, __LINE__);
+  model_check (img, __LINE__);
+
+  /* Shrink into table 2 (its clusters move, tables 2 and 3 go), then
+   * grow back (over a backing file: zero clusters).
+   */
+  do_resize (img, 2 * TABLE_SPAN + cl (3) + 512, 2 * TABLE_SPAN + cl (3) + 512,
+             __LINE__);
+  do_resize (img, SIZE, 2 * TABLE_SPAN + cl (3) + 512, __LINE__);
+  if (qed_image_size (img) != SIZE)
+    CHECK_OK (qed_image_resize (img, SIZE, false));
   model_check (img, __LINE__);
 }
 

@@ -792,10 +792,12 @@ quiet (enum qed_log_level level, const char *msg)
     }                                                                   \
   } while (0)
 
-/* The image has the old size or the new one; no corruption; every
- * byte in range reads as before (the new range of a grow as zeros);
- * a repair leaves no leak, and growing back after a shrink does not
- * bring back what lay past its end.
+/* The image has the old size or the new one; no corruption, and no
+ * leak either once opened writable (the operation had NEED_CHECK set
+ * while it could leak, so the open repaired); every byte in range
+ * reads as before (the new range of a grow as zeros); a repair changes
+ * none of that, and growing back after a shrink does not bring back
+ * what lay past its end.
  */
 static bool
 check_crashed (struct memfile *crashed, const struct crash_case *cc)
@@ -810,7 +812,7 @@ check_crashed (struct memfile *crashed, const struct crash_case *cc)
   size = qed_image_size (img);
   EXPECT (size == cc->old_size || size == cc->new_size);
   EXPECT (qed_image_check (img, false, &res) == 0);
-  EXPECT (res.corruptions == 0 && res.check_errors == 0);
+  EXPECT (res.corruptions == 0 && res.check_errors == 0 && res.leaks == 0);
   in_range = size < cc->old_size ? size : cc->old_size;
   for (int pass = 0; pass < 2; pass++) {
     EXPECT (qed_image_read (img, buf, size, 0) == 0);
