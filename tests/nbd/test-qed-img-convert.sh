@@ -22,15 +22,6 @@ cd "$tmpdir"
 
 qed_img convert --help | grep -F "Usage: qed-img convert "
 
-# map_at IMAGE OFFSET FILTER: the extent of qemu-img map that holds
-# OFFSET passes the jq FILTER (.depth 0: in the image itself).
-map_at ()
-{
-    qemu-img map --output=json "$1" |
-        jq -e --argjson o "$2" \
-           "[.[] | select(.start <= \$o and \$o < .start + .length)][0] | $3"
-}
-
 # same_as_qemu SRC ARGS...: qed-img convert ARGS... SRC reads as SRC,
 # is clean, and is not larger than qemu-img convert ARGS... SRC; raw
 # output (no -O qed in ARGS) is identical to it.

@@ -22,15 +22,6 @@ cd "$tmpdir"
 
 qed_img rebase --help | grep -F "Usage: qed-img rebase "
 
-# map_at IMAGE OFFSET FILTER: the extent of qemu-img map that holds
-# OFFSET passes the jq FILTER (.depth 0: in the image itself).
-map_at ()
-{
-    qemu-img map --output=json "$1" |
-        jq -e --argjson o "$2" \
-           "[.[] | select(.start <= \$o and \$o < .start + .length)][0] | $3"
-}
-
 # backing_of IMAGE: "NAME FORMAT" of its backing file, as qemu-img
 # info says.
 backing_of ()
