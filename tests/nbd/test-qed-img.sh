@@ -13,21 +13,6 @@ requires nbdsh --version
 
 cd "$tmpdir"
 
-# expect_error MESSAGE CMD ARGS...: the command exits with status 1 and
-# says MESSAGE (and "qed-img: ") on stderr.
-expect_error ()
-{
-    local msg=$1 status=0; shift
-    "$@" 2> err || status=$?
-    cat err
-    if [ $status -ne 1 ]; then
-        echo "$0: expected exit status 1 from: $*; got $status"
-        return 1
-    fi
-    grep -F -- "qed-img: " err
-    grep -F -- "$msg" err
-}
-
 # unchanged FILE: FILE is byte for byte its copy FILE.orig.
 unchanged ()
 {
@@ -41,10 +26,10 @@ for cmd in create info check; do
     qed_img "$cmd" --help | grep -F "Usage: qed-img $cmd"
 done
 qed_img --version | grep -E '^qed-img [0-9]'
-expect_error "unknown command 'frobnicate'" qed_img frobnicate
-expect_error "expected one FILE" qed_img info
-expect_error "-f raw: this argument must be a QED image" \
-             qed_img info -f raw nothing.qed
+qed_img_refuses "unknown command 'frobnicate'" frobnicate
+qed_img_refuses "expected one FILE" info
+qed_img_refuses "-f raw: this argument must be a QED image" \
+             info -f raw nothing.qed
 
 #----------------------------------------------------------------------
 # create: byte for byte what qemu-img makes, for each geometry QEMU
@@ -104,24 +89,24 @@ cmp sub/ours.qed sub/q.qed
 
 # Refusals: named, and nothing touched.
 cp ours.qed ours.qed.orig
-expect_error "not a valid size" qed_img create ours.qed 12x
-expect_error "not a valid size" qed_img create ours.qed -- -5
-expect_error "cluster size 3072 is invalid" \
-             qed_img create -o cluster_size=3k ours.qed 1M
-expect_error "table_size=3k: not a valid" \
-             qed_img create -o table_size=3k ours.qed 1M
-expect_error "table size 3 is invalid" \
-             qed_img create -o table_size=3 ours.qed 1M
-expect_error "-o foo: unknown option" qed_img create -o foo=1 ours.qed 1M
-expect_error "is too large: at most 70368744177664" qed_img create ours.qed 65T
-expect_error "-F raw or -F qed" qed_img create -b base.raw ours.qed
-expect_error "-F qcow2: backing files can be raw or qed" \
-             qed_img create -b base.raw -F qcow2 ours.qed
-expect_error "nope.raw" qed_img create -b nope.raw -F raw ours.qed
-expect_error "SIZE is needed" qed_img create ours.qed
+qed_img_refuses "not a valid size" create ours.qed 12x
+qed_img_refuses "not a valid size" create ours.qed -- -5
+qed_img_refuses "cluster size 3072 is invalid" \
+             create -o cluster_size=3k ours.qed 1M
+qed_img_refuses "table_size=3k: not a valid" \
+             create -o table_size=3k ours.qed 1M
+qed_img_refuses "table size 3 is invalid" \
+             create -o table_size=3 ours.qed 1M
+qed_img_refuses "-o foo: unknown option" create -o foo=1 ours.qed 1M
+qed_img_refuses "is too large: at most 70368744177664" create ours.qed 65T
+qed_img_refuses "-F raw or -F qed" create -b base.raw ours.qed
+qed_img_refuses "-F qcow2: backing files can be raw or qed" \
+             create -b base.raw -F qcow2 ours.qed
+qed_img_refuses "nope.raw" create -b nope.raw -F raw ours.qed
+qed_img_refuses "SIZE is needed" create ours.qed
 unchanged ours.qed
 for f in new1.qed new2.qed; do
-    expect_error "not a valid size" qed_img create "$f" 1Q
+    qed_img_refuses "not a valid size" create "$f" 1Q
     if [ -e "$f" ]; then echo "$0: a refused create made $f"; exit 1; fi
 done
 # -u: the backing file need not exist when the size is given.
@@ -168,7 +153,7 @@ printf '\x07' | dd of=dirty.qed bs=1 seek=16 conv=notrunc status=none
 qed_img info dirty.qed | grep -Fx "cleanly shut down: no"
 # A missing backing file: info works; --backing-chain names it.
 qed_img info unsafe.qed | grep -Fx "backing file: nope.raw"
-expect_error "nope.raw" qed_img info --backing-chain unsafe.qed
+qed_img_refuses "nope.raw" info --backing-chain unsafe.qed
 # A loop ends in an error, not a hang.
 qed_img create -q -u -b loop2.qed -F qed loop1.qed 1M
 qed_img create -q -u -b loop1.qed -F qed loop2.qed 1M
@@ -179,10 +164,10 @@ cat err
 [ $status = 1 ]
 grep -F "backing file loop" err
 # Not QED, not there.
-expect_error "no.qed: No such file or directory" qed_img info no.qed
-expect_error "base.raw:" qed_img info base.raw
+qed_img_refuses "no.qed: No such file or directory" info no.qed
+qed_img_refuses "base.raw:" info base.raw
 qemu-img create -q -f qcow2 x.qcow2 1M
-expect_error "x.qcow2:" qed_img info x.qcow2
+qed_img_refuses "x.qcow2:" info x.qcow2
 
 #----------------------------------------------------------------------
 # check: counts and exit statuses as qemu-img's.
@@ -257,7 +242,7 @@ qed_img check --output=json big4k.qed > out.json
 [ "$(jq .leaks out.json)" = null ]
 [ "$(jq '."allocated-clusters"' out.json)" = 10240 ]
 # Unreadable: not an image at all.
-expect_error "base.raw:" qed_img check base.raw
+qed_img_refuses "base.raw:" check base.raw
 status=0; qed_img check base.raw 2>/dev/null || status=$?
 [ $status = 1 ]
 
@@ -267,9 +252,9 @@ status=0; qed_img check base.raw 2>/dev/null || status=$?
 cp ours.qed served.qed
 start_nbdkit w "$plugin" served.qed
 nbdsh -u "$uri_w" -c 'h.pwrite(b"x" * 512, 0)'
-expect_error "in use" qed_img check -r all served.qed
-expect_error "in use" qed_img info served.qed
-expect_error "in use" qed_img create served.qed 1M
+qed_img_refuses "in use" check -r all served.qed
+qed_img_refuses "in use" info served.qed
+qed_img_refuses "in use" create served.qed 1M
 qed_img info -U served.qed | grep -F "image: served.qed"
 qed_img check -U served.qed
 stop_nbdkit w
