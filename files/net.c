@@ -163,6 +163,10 @@ net_open (const struct qed_opener *opener, const char *name,
              name);
     r = -EROFS;
   }
+  else if (proto & (QED_PROTO_HTTP | QED_PROTO_HTTPS)) {
+    qed_log (QED_LOG_ERROR, "%s: http and https are not supported yet", name);
+    r = -ENOTSUP;
+  }
   else {
     r = qed_nbd_file_open (canonical, &no->options, &file);
     if (r == 0)
