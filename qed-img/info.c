@@ -53,7 +53,7 @@ link_read (struct link *l, const char *filename, const char *format,
   else {
     struct qed_file *file;
 
-    r = qed_posix_opener.open (&qed_posix_opener, filename, 0, &file);
+    r = opener->open (opener, filename, 0, &file);
     if (r < 0)
       return fail (filename, "%s", strerror (-r));
     r = qed_probe_file (file, filename, &l->is_qed);
@@ -76,8 +76,8 @@ link_read (struct link *l, const char *filename, const char *format,
   qed_image_get_info (l->img, &l->qed);
   l->size = l->qed.size;
   if (l->qed.backing_name &&
-      (r = qed_posix_opener.resolve (&qed_posix_opener, l->qed.backing_name,
-                                     filename, &l->full_backing)) < 0)
+      (r = opener->resolve (opener, l->qed.backing_name, filename,
+                            &l->full_backing)) < 0)
     return fail (filename, "%s", strerror (-r));
   return 0;
 }
