@@ -27,9 +27,13 @@ qed_packages=(
     nbdkit
     nbdkit-plugin-dev
     libnbd-dev
+    libcurl4-openssl-dev        # HTTP(S) backing files
     libnbd-bin                  # nbdinfo, nbdcopy, nbdsh
     python3-libnbd              # the nbd module that nbdsh runs
     qemu-utils                  # qemu-img, qemu-io, qemu-nbd
+    qemu-block-extra            # qemu-img's curl driver: http(s) backing files
+    lighttpd                    # the web server of the HTTP backing tests
+    lighttpd-mod-openssl        # its HTTPS
     fio
     jq
     strace                      # tests count system calls
