@@ -26,7 +26,7 @@ qed_packages=(
     pkg-config
     nbdkit
     nbdkit-plugin-dev
-    libnbd-dev
+    libnbd-dev                  # NBD backing files; the C tests
     libcurl4-openssl-dev        # HTTP(S) backing files
     libnbd-bin                  # nbdinfo, nbdcopy, nbdsh
     python3-libnbd              # the nbd module that nbdsh runs
