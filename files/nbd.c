@@ -163,13 +163,12 @@ connect_handle (struct nbd_file *nf)
   if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
       nbd_set_strict_mode (h, nbd_get_strict_mode (h) &
                            ~LIBNBD_STRICT_ALIGN) == -1 ||
-      nbd_set_uri_allow_local_file (h, true) == -1 ||
-      nbd_aio_connect_uri (h, nf->uri) == -1) {
-    qed_log (QED_LOG_ERROR, "%s: %s", nf->uri, nbd_get_error ());
-    nbd_close (h);
-    return NULL;
-  }
-  r = poll_until (h, &deadline, connected, 0);
+      nbd_set_uri_allow_local_file (h, true) == -1)
+    r = -EIO;
+  else if (nbd_aio_connect_uri (h, nf->uri) == -1)
+    r = -EIO;
+  else
+    r = poll_until (h, &deadline, connected, 0);
   if (r == -ETIMEDOUT)
     qed_log (QED_LOG_ERROR, "%s: no connection after %d seconds", nf->uri,
              nf->connect_timeout_ms / 1000);

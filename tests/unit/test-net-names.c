@@ -77,6 +77,8 @@ test_uris (void)
               "nbd+unix:///e?socket=/s");
   check_name ("nbds+unix://?socket=/s", NULL, QED_PROTO_NBDS_UNIX,
               "nbds+unix://?socket=/s");
+  check_name ("nbds+unix://alice@/e?socket=/s", NULL, QED_PROTO_NBDS_UNIX,
+              "nbds+unix://alice@/e?socket=/s");
   check_name ("http://h/d.img", NULL, QED_PROTO_HTTP, "http://h/d.img");
   check_name ("https://h:8443/d.img", NULL, QED_PROTO_HTTPS,
               "https://h:8443/d.img");
