@@ -244,15 +244,16 @@ take_handle (struct nbd_file *nf, struct nbd_handle **hp)
   return h ? 0 : -EIO;
 }
 
-/* Give h back after a request; a handle that is no longer usable is
- * closed, with the idle ones (same server, likely dead too).
+/* Give h back after a request; a handle that timed out or is no
+ * longer usable is closed (nbd_close does not wait for the server),
+ * with the idle ones (same server, likely dead too).
  */
 static void
-put_handle (struct nbd_file *nf, struct nbd_handle *h)
+put_handle (struct nbd_file *nf, struct nbd_handle *h, bool timed_out)
 {
   struct nbd_handle *stale[MAX_CONNECTIONS];
   unsigned nstale = 0;
-  bool ok = nbd_aio_is_ready (h);
+  bool ok = !timed_out && nbd_aio_is_ready (h);
 
   pthread_mutex_lock (&nf->lock);
   if (ok)
@@ -270,8 +271,7 @@ put_handle (struct nbd_file *nf, struct nbd_handle *h)
 }
 
 /* Wait for the command cookie (or its failure to start, -1) on h:
- * 0, or -EIO after logging what failed.  A handle that timed out is
- * shut down, so that put_handle discards it.
+ * 0, or -ETIMEDOUT or -EIO after logging what failed.
  */
 static int
 finish (struct nbd_file *nf, struct nbd_handle *h, int64_t cookie,
@@ -280,17 +280,15 @@ finish (struct nbd_file *nf, struct nbd_handle *h, int64_t cookie,
   struct timespec deadline = deadline_in (nf->timeout_ms);
   int r = cookie == -1 ? -EIO : poll_until (h, &deadline, completed, cookie);
 
-  if (r == -ETIMEDOUT) {
+  if (r == -ETIMEDOUT)
     qed_log (QED_LOG_ERROR, "%s: %s of %zu bytes at offset %" PRIu64
              ": no reply after %d seconds", nf->uri, what, count, offset,
              nf->timeout_ms / 1000);
-    nbd_shutdown (h, LIBNBD_SHUTDOWN_ABANDON_PENDING);
-  }
   else if (r < 0)
     qed_log (QED_LOG_ERROR, "%s: %s of %zu bytes at offset %" PRIu64 ": %s",
              nf->uri, what, count, offset,
              nbd_get_error () ? nbd_get_error () : "failed");
-  return r < 0 ? -EIO : 0;
+  return r;
 }
 
 static int
@@ -316,8 +314,8 @@ nbd_file_pread (struct qed_file *f, void *buf, size_t count, uint64_t offset)
     offset += n;
     count -= n;
   }
-  put_handle (nf, h);
-  return r;
+  put_handle (nf, h, r == -ETIMEDOUT);
+  return r < 0 ? -EIO : 0;
 }
 
 static int
@@ -392,9 +390,9 @@ nbd_file_extent (struct qed_file *f, uint64_t offset, uint64_t count,
                                     NBD_NULL_COMPLETION,
                                     LIBNBD_CMD_FLAG_REQ_ONE),
               "block status", n, offset);
-  put_handle (nf, h);
+  put_handle (nf, h, r == -ETIMEDOUT);
   if (r < 0)
-    return r;
+    return -EIO;
   if (!e.found || e.length == 0)
     return -EIO;
   *hole = e.hole;
