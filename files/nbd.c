@@ -142,6 +142,14 @@ completed (struct nbd_handle *h, int64_t cookie)
   return nbd_aio_command_completed (h, cookie);
 }
 
+/* Whether the (canonical, lower-case) URI is nbd+unix or nbds+unix. */
+static bool
+is_unix (const char *uri)
+{
+  return strncmp (uri, "nbd+unix:", 9) == 0 ||
+    strncmp (uri, "nbds+unix:", 10) == 0;
+}
+
 /* A new handle connected to nf->uri, or NULL after logging why. */
 static struct nbd_handle *
 connect_handle (struct nbd_file *nf)
@@ -154,16 +162,22 @@ connect_handle (struct nbd_file *nf)
     qed_log (QED_LOG_ERROR, "%s: %s", nf->uri, nbd_get_error ());
     return NULL;
   }
-  /* The URI's own parameters may name TLS credentials
-   * (tls-psk-file, tls-certificates): files on this host.
-   */
   /* Servers that advertise a minimum block size still take the small
-   * reads the engine makes (a 64-byte header): let them decide.
+   * reads the engine makes (a 64-byte header): let them decide.  The
+   * URI's own parameters may name TLS credentials (tls-psk-file,
+   * tls-certificates): files on this host.  libnbd is held to the
+   * transport and TLS of the scheme that the policy judged (net.c), so
+   * that it cannot read the URI otherwise.
    */
   if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
       nbd_set_strict_mode (h, nbd_get_strict_mode (h) &
                            ~LIBNBD_STRICT_ALIGN) == -1 ||
-      nbd_set_uri_allow_local_file (h, true) == -1)
+      nbd_set_uri_allow_local_file (h, true) == -1 ||
+      nbd_set_uri_allow_transports (h, is_unix (nf->uri)
+                                    ? LIBNBD_ALLOW_TRANSPORT_UNIX
+                                    : LIBNBD_ALLOW_TRANSPORT_TCP) == -1 ||
+      nbd_set_uri_allow_tls (h, strncmp (nf->uri, "nbds", 4) == 0
+                             ? LIBNBD_TLS_REQUIRE : LIBNBD_TLS_DISABLE) == -1)
     r = -EIO;
   else if (nbd_aio_connect_uri (h, nf->uri) == -1)
     r = -EIO;
