@@ -180,6 +180,10 @@ static int
 qed_get_ready (int thread_model)
 {
   serialize = thread_model == NBDKIT_THREAD_MODEL_SERIALIZE_REQUESTS;
+  if (serialize)
+    nbdkit_debug ("qed: the plugin takes one request at a time per"
+                  " connection: serializing the calls of all connections"
+                  " into the shared one");
   return 0;
 }
 
