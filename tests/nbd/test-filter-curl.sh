@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# nbdkit-qed tests: the qed filter over the curl plugin, against a real
+# web server.
+# SPDX-License-Identifier: LGPL-2.1-or-later
+#
+# lighttpd serves QED files over HTTP on 127.0.0.1 (byte ranges);
+# nbdkit --filter=qed curl url=... must serve what the plugin serves
+# from the files themselves: same bytes, same map.  The curl plugin of
+# nbdkit 1.32 takes one request at a time per connection, and every
+# client reads through the filter's one shared connection: the filter
+# serializes its calls, which several clients at once exercise.
+
+source ./functions.sh
+set -e -u -x
+
+requires test -f "$filter"
+requires nbdkit --version
+requires nbdkit curl --version
+requires nbdcopy --version
+requires nbdinfo --version
+requires qemu-img --version
+requires qemu-io --version
+requires lighttpd -v
+requires /usr/bin/python3 --version
+
+cd "$tmpdir"
+mkdir www
+
+# A port free on 127.0.0.1 (the kernel's choice); lighttpd gets a few
+# tries in case another process takes it in between.
+free_port ()
+{
+    /usr/bin/python3 -c '
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}
+
+start_lighttpd ()
+{
+    local i try
+    for (( try=0; try < 5; try++ )); do
+        port=$(free_port)
+        cat > lighttpd.conf <<EOC
+server.document-root = "$tmpdir/www"
+server.bind = "127.0.0.1"
+server.port = $port
+server.errorlog = "$tmpdir/lighttpd.err"
+mimetype.assign = ( "" => "application/octet-stream" )
+EOC
+        lighttpd -D -f lighttpd.conf &
+        lighttpd_pid=$!
+        for (( i=0; i < 50; i++ )); do
+            if /usr/bin/python3 -c '
+import socket, sys
+socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' \
+                "$port" 2>/dev/null; then
+                cleanup_fn kill "$lighttpd_pid"
+                return 0
+            fi
+            kill -0 "$lighttpd_pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill "$lighttpd_pid" 2>/dev/null || true
+        wait "$lighttpd_pid" || true
+    done
+    echo "$0: lighttpd did not start"
+    cat lighttpd.err
+    return 1
+}
+start_lighttpd
+
+for cluster in 4096 65536; do
+    img=www/mixed-$cluster.qed
+    mixed_image "$img" "$cluster"
+    sum=$(sha256sum < "$img")
+    start_nbdkit plugin -r "$plugin" "$img"
+
+    start_nbdkit outer -r --filter="$filter" \
+                 curl url="http://127.0.0.1:$port/mixed-$cluster.qed"
+    same_export "$uri_outer" "$uri_plugin"
+    nbdcopy --connections=4 --requests=16 --request-size=16384 -- \
+            "$uri_outer" multi.raw
+    cmp same_export/data multi.raw
+    stop_nbdkit outer
+    grep -F 'serializing the calls of all connections' outer.log
+    # Only the filter's shared context opened the curl plugin.
+    test "$(grep -c 'debug: curl: open readonly=' outer.log)" = 1
+
+    stop_nbdkit plugin
+    test "$(sha256sum < "$img")" = "$sum"
+done
+
+# A URL the server does not have: refused at start, naming it.
+filter_refuses missing.qed \
+    --filter="$filter" curl url="http://127.0.0.1:$port/missing.qed"
