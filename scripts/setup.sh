@@ -38,6 +38,7 @@ qed_packages=(
     perl                        # pod2man, podchecker
     clang
     libclang-rt-dev             # libFuzzer, for the fuzzers
+    lighttpd                    # a web server: the filter over curl
 )
 
 qed_log ()
