@@ -7,7 +7,8 @@
 # data, zero clusters, holes), to several connections at once.  It is
 # read-only (writes, zeroes and trims fail with EPERM, which is how
 # NBD carries EROFS) and never writes the file; --filter=cow above it
-# takes writes, still leaving the file alone.
+# takes writes, still leaving the file alone.  Reads of the plugin
+# respect its block size limits.
 
 source ./functions.sh
 set -e -u -x
@@ -91,6 +92,22 @@ assert h.pread(3000, (3 << 20) + 512) == b"B" * 3000
     stop_nbdkit cow
     test "$(sha256sum < "$img")" = "$sum"
 done
+
+# Reads of the plugin are split to its maximum block size: under a
+# blocksize-policy filter that fails larger requests, a client's 32 MiB
+# reads of a 64 MiB image whose data is contiguous still work.
+qemu-img create -q -f qed -o cluster_size=65536 big.qed 64M
+qemu-io -f qed -c "write -P 0x55 0 40M" big.qed > /dev/null
+qemu-img convert -f qed -O raw big.qed big.raw
+start_nbdkit split -r --filter="$filter" --filter=blocksize-policy \
+             file big.qed blocksize-maximum=65536 blocksize-error-policy=error
+nbdcopy --request-size=$((32 << 20)) -- "$uri_split" split.raw
+cmp big.raw split.raw
+stop_nbdkit split
+# A plugin that needs aligned requests is refused, naming the remedy.
+filter_refuses 'put --filter=blocksize after --filter=qed' \
+    --filter="$filter" --filter=blocksize-policy file big.qed \
+    blocksize-minimum=4096
 
 # One export: another export name is refused, naming it.
 start_nbdkit names -r --filter="$filter" file mixed-4096.qed
