@@ -21,12 +21,20 @@
 #include <nbdkit-plugin.h>
 
 #include "qed.h"
+#include "qed-net.h"
 #include "exports.h"
 
 /* Milliseconds without allocating writes before the image is marked
  * clean (QEMU waits 5 seconds too).
  */
 #define IDLE_MS 5000
+
+/* backing-cache-size=: the default, and the most it may be. */
+#define DEFAULT_BACKING_CACHE (64 * 1024 * 1024)
+#define MAX_BACKING_CACHE (INT64_C (16) * 1024 * 1024 * 1024)
+
+/* backing-timeout= and backing-connect-timeout=: at most an hour. */
+#define MAX_TIMEOUT 3600
 
 /* NBD's usual largest request; the preferred size is the cluster size. */
 #define MAX_REQUEST (32 * 1024 * 1024)
@@ -56,6 +64,15 @@ static enum {
  * that takes the writes (open_snapshot).
  */
 static bool snapshot;
+
+/* How backing files are reached (backing-protocols=, backing-*=), and
+ * the opener that follows it for every image and backing file.
+ */
+static struct qed_net_options net_options = {
+  .protocols = QED_PROTO_ALL,
+  .cache_size = DEFAULT_BACKING_CACHE,
+};
+static struct qed_opener *opener;
 
 static struct qed_image *image;         /* file= */
 
@@ -94,6 +111,32 @@ qed_unload (void)
   free (dir);
   free (default_export);
   free (backing);
+  if (opener)
+    qed_net_opener_free (opener);
+}
+
+/* Whether a backing= value names a protocol (nbd://..., json:...)
+ * rather than a path: as for QEMU, a ':' before any '/'.  The opener
+ * says whether it knows the protocol.
+ */
+static bool
+names_protocol (const char *value)
+{
+  return value[strcspn (value, ":/")] == ':';
+}
+
+/* A number of seconds for key, from 1 to MAX_TIMEOUT. */
+static int
+parse_timeout (const char *key, const char *value, unsigned *seconds)
+{
+  if (nbdkit_parse_unsigned (key, value, seconds) == -1)
+    return -1;
+  if (*seconds < 1 || *seconds > MAX_TIMEOUT) {
+    nbdkit_error ("%s must be from 1 to %d seconds, not %s", key,
+                  MAX_TIMEOUT, value);
+    return -1;
+  }
+  return 0;
 }
 
 /* Parse one key=value parameter. */
@@ -129,9 +172,50 @@ qed_config (const char *key, const char *value)
   }
   else if (strcmp (key, "backing") == 0) {
     free (backing);
-    backing = nbdkit_realpath (value);
-    if (backing == NULL)
+    /* A path, absolute now (nbdkit changes to / when it daemonizes);
+     * a URI as it is.
+     */
+    backing = names_protocol (value) ? strdup (value)
+      : nbdkit_realpath (value);
+    if (backing == NULL) {
+      if (names_protocol (value))
+        nbdkit_error ("strdup: %m");
       return -1;
+    }
+  }
+  else if (strcmp (key, "backing-protocols") == 0) {
+    if (qed_parse_protocols (value, &net_options.protocols) < 0)
+      return -1;                /* the message names the protocol */
+  }
+  else if (strcmp (key, "backing-timeout") == 0) {
+    if (parse_timeout (key, value, &net_options.timeout) == -1)
+      return -1;
+  }
+  else if (strcmp (key, "backing-connect-timeout") == 0) {
+    if (parse_timeout (key, value, &net_options.connect_timeout) == -1)
+      return -1;
+  }
+  else if (strcmp (key, "backing-connections") == 0) {
+    if (nbdkit_parse_unsigned (key, value,
+                               &net_options.max_connections) == -1)
+      return -1;
+    if (net_options.max_connections < 1 || net_options.max_connections > 8) {
+      nbdkit_error ("backing-connections must be from 1 to 8, not %s",
+                    value);
+      return -1;
+    }
+  }
+  else if (strcmp (key, "backing-cache-size") == 0) {
+    int64_t size = nbdkit_parse_size (value);
+
+    if (size == -1)
+      return -1;
+    if (size > MAX_BACKING_CACHE) {
+      nbdkit_error ("backing-cache-size must be at most 16G, not %s",
+                    value);
+      return -1;
+    }
+    net_options.cache_size = size;
   }
   else if (strcmp (key, "backing-format") == 0) {
     if (strcmp (value, "raw") != 0 && strcmp (value, "qed") != 0) {
@@ -251,6 +335,18 @@ qed_config_complete (void)
   "backing=<FILENAME>       Backing file to use instead of the image's.\n" \
   "backing-format=raw|qed   Format of the backing file.\n" \
   "allow-backing=false      Refuse images that have a backing file.\n" \
+  "backing-protocols=<LIST> How backing files may be reached: file, nbd,\n" \
+  "                         nbds, nbd+unix, nbds+unix, http, https, or\n" \
+  "                         none (default: all).\n" \
+  "backing-timeout=<SECS>   Timeout of one request to a backing server\n" \
+  "                         (default 30).\n" \
+  "backing-connect-timeout=<SECS>\n" \
+  "                         Timeout of a connection to one (default 10).\n" \
+  "backing-connections=<N>  Connections per backing server, 1 to 8\n" \
+  "                         (default 4).\n" \
+  "backing-cache-size=<SIZE>\n" \
+  "                         Read cache per network backing file\n" \
+  "                         (default 64M; 0: none).\n" \
   "l2-cache-size=<SIZE>     Memory for cached L2 tables (default 32M).\n" \
   "locking=false            Take no QEMU-compatible image locks.\n" \
   "check=auto|always        Check (and repair) the image at start always,\n" \
@@ -268,6 +364,9 @@ static void
 qed_dump_plugin (void)
 {
   printf ("qed_backing_files=raw,qed\n");
+  printf ("qed_backing_protocols=file,nbd,nbds,nbd+unix,nbds+unix,http,"
+          "https\n");
+  printf ("qed_backing_legacy_names=nbd:,json:\n");
   printf ("qed_locking=qemu\n");
   printf ("qed_detect_zeroes=off,on,unmap\n");
   printf ("qed_cache=writeback,writethrough,none,unsafe\n");
@@ -289,6 +388,7 @@ open_snapshot (const struct qed_open_options *image_opts)
   struct qed_open_options read_only = *image_opts;
   struct qed_open_options overlay_opts = {
     .access = QED_READ_WRITE,
+    .opener = image_opts->opener,
     .l2_cache_size = image_opts->l2_cache_size,
     .no_locking = image_opts->no_locking,
     .direct = image_opts->direct,
@@ -336,7 +436,13 @@ qed_get_ready (void)
     .always_check = always_check,
     .direct = cache_mode == CACHE_NONE,
   };
+  int r;
 
+  if ((r = qed_net_opener_new (&net_options, &opener)) < 0) {
+    nbdkit_error ("qed_net_opener_new: %s", strerror (-r));
+    return -1;
+  }
+  opts.opener = opener;
   if (dir)
     return exports_init (dir, &opts, IDLE_MS);
   if (snapshot)
