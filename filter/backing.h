@@ -6,12 +6,20 @@
 #define QED_FILTER_BACKING_H
 
 #include "qed-file.h"
+#include "qed-net.h"
 
-/* The opener of the filter's backing files: only the name given
- * (backing=, an absolute path, or NULL for none), opened as a host
- * file.  Any other name, which could only come from an image's header,
- * is refused with a message naming it.  name is kept, not copied.
+/* The opener of the filter's backing files.  It opens the backing file
+ * the operator gave (backing: backing=, an absolute path or a URI;
+ * NULL: none), and the URIs that images name when options allow their
+ * protocol (options->protocols must not have QED_PROTO_FILE), all
+ * read-only.  A path that an image's header names is refused with a
+ * message naming it, and so is a URI of a protocol not allowed, before
+ * any connection.  backing is kept, not copied.  Returns 0 or a
+ * negative errno.
  */
-void backing_opener_init (struct qed_opener *opener, const char *name);
+int backing_opener_new (const char *backing,
+                        const struct qed_net_options *options,
+                        struct qed_opener **openerp);
+void backing_opener_free (struct qed_opener *opener);
 
 #endif /* QED_FILTER_BACKING_H */

@@ -27,7 +27,9 @@
  * - Read-only.  QED allocates clusters by growing its file, and a
  *   filter cannot grow the export below it, so can_write is false and
  *   nbdkit refuses writes, zeroes and trims with EROFS itself; the man
- *   page says how to get writes.  Backing files: backing.c.
+ *   page says how to get writes.  Backing files: backing.c.  Network
+ *   backing files have their own locks and connection pools
+ *   (files/nbd.c), shared by all connections like the image.
  */
 
 #include <config.h>
@@ -43,6 +45,7 @@
 #include <nbdkit-filter.h>
 
 #include "qed.h"
+#include "qed-net.h"
 #include "backing.h"
 #include "next-file.h"
 
@@ -52,7 +55,15 @@
 /* The name of the image in messages. */
 #define IMAGE_NAME "the plugin's export"
 
-static char *backing;                   /* backing=, an absolute path */
+/* backing-cache-size=: the default, and the most it may be. */
+#define DEFAULT_BACKING_CACHE (64 * 1024 * 1024)
+#define MAX_BACKING_CACHE (INT64_C (16) * 1024 * 1024 * 1024)
+
+/* backing-timeout= and backing-connect-timeout=: at most an hour. */
+#define MAX_TIMEOUT 3600
+
+static char *backing;                   /* backing=: an absolute path,
+                                         * or a URI */
 static const char *backing_format;
 static bool no_backing;
 static int64_t l2_cache_size;
@@ -61,7 +72,15 @@ static bool always_check;
 /* The thread model is SERIALIZE_REQUESTS (next-file.c). */
 static bool serialize;
 
-static struct qed_opener opener;        /* backing.c's, for backing= */
+/* How network backing files are reached (backing-protocols=,
+ * backing-*=, as the plugin's): any protocol but paths by default.
+ */
+static struct qed_net_options net_options = {
+  .protocols = QED_PROTO_ALL & ~QED_PROTO_FILE,
+  .cache_size = DEFAULT_BACKING_CACHE,
+};
+
+static struct qed_opener *opener;       /* backing.c's */
 static struct qed_image *image;
 
 /* nbdkit has errors and debug messages only; a notice goes to stderr
@@ -95,6 +114,31 @@ static void
 qed_unload (void)
 {
   free (backing);
+  if (opener)
+    backing_opener_free (opener);
+}
+
+/* Whether a backing= value names a protocol (nbd://..., json:...)
+ * rather than a path: as for QEMU, a ':' before any '/'.
+ */
+static bool
+names_protocol (const char *value)
+{
+  return value[strcspn (value, ":/")] == ':';
+}
+
+/* A number of seconds for key, from 1 to MAX_TIMEOUT. */
+static int
+parse_timeout (const char *key, const char *value, unsigned *seconds)
+{
+  if (nbdkit_parse_unsigned (key, value, seconds) == -1)
+    return -1;
+  if (*seconds < 1 || *seconds > MAX_TIMEOUT) {
+    nbdkit_error ("%s must be from 1 to %d seconds, not %s", key,
+                  MAX_TIMEOUT, value);
+    return -1;
+  }
+  return 0;
 }
 
 /* Our parameters; the others are the plugin's. */
@@ -106,10 +150,59 @@ qed_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
 
   if (strcmp (key, "backing") == 0) {
     free (backing);
-    /* Absolute now: nbdkit changes to / when it daemonizes. */
-    backing = nbdkit_realpath (value);
-    if (backing == NULL)
+    /* A path, absolute now (nbdkit changes to / when it daemonizes);
+     * a URI as it is.
+     */
+    backing = names_protocol (value) ? strdup (value)
+      : nbdkit_realpath (value);
+    if (backing == NULL) {
+      if (names_protocol (value))
+        nbdkit_error ("strdup: %m");
       return -1;
+    }
+  }
+  else if (strcmp (key, "backing-protocols") == 0) {
+    if (qed_parse_protocols (value, &net_options.protocols) < 0) {
+      nbdkit_error ("backing-protocols=%s: not a list of protocols", value);
+      return -1;
+    }
+    if (net_options.protocols & QED_PROTO_FILE) {
+      nbdkit_error ("backing-protocols=%s: the qed filter follows no path"
+                    " from an image's header, so \"file\" cannot be"
+                    " allowed; give a local backing file with backing=",
+                    value);
+      return -1;
+    }
+  }
+  else if (strcmp (key, "backing-timeout") == 0) {
+    if (parse_timeout (key, value, &net_options.timeout) == -1)
+      return -1;
+  }
+  else if (strcmp (key, "backing-connect-timeout") == 0) {
+    if (parse_timeout (key, value, &net_options.connect_timeout) == -1)
+      return -1;
+  }
+  else if (strcmp (key, "backing-connections") == 0) {
+    if (nbdkit_parse_unsigned (key, value,
+                               &net_options.max_connections) == -1)
+      return -1;
+    if (net_options.max_connections < 1 || net_options.max_connections > 8) {
+      nbdkit_error ("backing-connections must be from 1 to 8, not %s",
+                    value);
+      return -1;
+    }
+  }
+  else if (strcmp (key, "backing-cache-size") == 0) {
+    int64_t size = nbdkit_parse_size (value);
+
+    if (size == -1)
+      return -1;
+    if (size > MAX_BACKING_CACHE) {
+      nbdkit_error ("backing-cache-size must be at most 16G, not %s",
+                    value);
+      return -1;
+    }
+    net_options.cache_size = size;
   }
   else if (strcmp (key, "backing-format") == 0) {
     if (strcmp (value, "raw") != 0 && strcmp (value, "qed") != 0) {
@@ -152,25 +245,37 @@ static int
 qed_config_complete (nbdkit_next_config_complete *next,
                      nbdkit_backend *nxdata)
 {
+  int r;
+
   if (no_backing && (backing || backing_format)) {
     nbdkit_error ("allow-backing=false cannot be used with backing="
                   " or backing-format=");
     return -1;
   }
-  if (backing_format && backing == NULL) {
-    nbdkit_error ("backing-format= needs backing=: the qed filter opens"
-                  " no backing file that an image names");
+  if ((r = backing_opener_new (backing, &net_options, &opener)) < 0) {
+    nbdkit_error ("backing_opener_new: %s", strerror (-r));
     return -1;
   }
-  backing_opener_init (&opener, backing);
   return next (nxdata);
 }
 
 #define qed_config_help \
-  "backing=<FILENAME>       The image's backing file (the filter follows\n" \
-  "                         no name from the image's header).\n" \
+  "backing=<FILENAME|URI>   The image's backing file (the filter follows\n" \
+  "                         no path from the image's header).\n" \
   "backing-format=raw|qed   Format of the backing file.\n" \
   "allow-backing=false      Refuse images that have a backing file.\n" \
+  "backing-protocols=<LIST> How backing files that images name may be\n" \
+  "                         reached: nbd, nbds, nbd+unix, nbds+unix,\n" \
+  "                         http, https, or none (default: all).\n" \
+  "backing-timeout=<SECS>   Timeout of one request to a backing server\n" \
+  "                         (default 30).\n" \
+  "backing-connect-timeout=<SECS>\n" \
+  "                         Timeout of a connection to one (default 10).\n" \
+  "backing-connections=<N>  Connections per backing server, 1 to 8\n" \
+  "                         (default 4).\n" \
+  "backing-cache-size=<SIZE>\n" \
+  "                         Read cache per network backing file\n" \
+  "                         (default 64M; 0: none).\n" \
   "l2-cache-size=<SIZE>     Memory for cached L2 tables (default 32M).\n" \
   "check=auto|always        Check the image's metadata at start always,\n" \
   "                         or only when it was not closed cleanly."
@@ -193,7 +298,7 @@ qed_after_fork (nbdkit_backend *backend)
 {
   struct qed_open_options opts = {
     .access = QED_READ_ONLY,
-    .opener = &opener,
+    .opener = opener,
     .no_backing = no_backing,
     .backing = backing,
     .backing_format = backing_format,
@@ -269,8 +374,10 @@ qed_export_description (nbdkit_next *next, void *handle)
   return nbdkit_printf_intern ("QED image, virtual size %" PRIu64
                                " bytes, cluster size %" PRIu32
                                ", backing file %s (%s)",
-                               info.size, info.cluster_size, backing,
-                               backing_format ? backing_format : "probed");
+                               info.size, info.cluster_size,
+                               backing ? backing : info.backing_name,
+                               backing_format ? backing_format
+                               : info.backing_raw ? "raw" : "probed");
 }
 
 /* Any alignment works; whole clusters are read in one piece. */

@@ -136,11 +136,14 @@ qemu-img create -q -f qed -u -b /etc/shadow -F raw shadow.qed 1M
 refused_unopened /etc/shadow shadow.qed
 
 # allow-backing=false refuses it as the plugin does; backing-format=
-# alone is refused, since no header name is followed.
+# does not make the header's path acceptable; nor can backing-protocols=
+# allow paths.
 filter_refuses 'backing files are disabled' \
     --filter="$filter" file overlay.qed allow-backing=false
-filter_refuses 'backing-format= needs backing=' \
+filter_refuses 'which the qed filter does not open' \
     --filter="$filter" file overlay.qed backing-format=raw
+filter_refuses '"file" cannot be allowed' \
+    --filter="$filter" file overlay.qed backing-protocols=file,nbd
 
 # backing=: reads what qemu-nbd reads from the overlay following its
 # header, and maps as the plugin does.
