@@ -29,10 +29,7 @@ struct backing_opener {
   struct qed_opener *net;
 };
 
-/* Whether a name is a protocol's (nbd://..., nbd:HOST:PORT, json:...)
- * rather than a path: as for QEMU, a ':' before any '/'.
- */
-static bool
+bool
 names_protocol (const char *name)
 {
   return name[strcspn (name, ":/")] == ':';

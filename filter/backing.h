@@ -5,8 +5,15 @@
 #ifndef QED_FILTER_BACKING_H
 #define QED_FILTER_BACKING_H
 
+#include <stdbool.h>
+
 #include "qed-file.h"
 #include "qed-net.h"
+
+/* Whether a name is a protocol's (nbd://..., nbd:HOST:PORT, json:...)
+ * rather than a path: as for QEMU, a ':' before any '/'.
+ */
+bool names_protocol (const char *name);
 
 /* The opener of the filter's backing files.  It opens the backing file
  * the operator gave (backing: backing=, an absolute path or a URI;

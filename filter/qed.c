@@ -118,15 +118,6 @@ qed_unload (void)
     backing_opener_free (opener);
 }
 
-/* Whether a backing= value names a protocol (nbd://..., json:...)
- * rather than a path: as for QEMU, a ':' before any '/'.
- */
-static bool
-names_protocol (const char *value)
-{
-  return value[strcspn (value, ":/")] == ':';
-}
-
 /* A number of seconds for key, from 1 to MAX_TIMEOUT. */
 static int
 parse_timeout (const char *key, const char *value, unsigned *seconds)
