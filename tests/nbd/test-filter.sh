@@ -72,6 +72,9 @@ for name, req in [("pwrite", lambda: h.pwrite(b"x" * 4096, 0)),
     else:
         raise AssertionError(name + " succeeded on the read-only filter")
 assert h.pread(4096, 0) == b"A" * 4096
+# Cache prefetches the tables and has the file plugin cache the data.
+assert h.can_cache()
+h.cache(24 << 20, 0)
 '
     stop_nbdkit filter
     stop_nbdkit plugin
