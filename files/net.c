@@ -163,12 +163,13 @@ net_open (const struct qed_opener *opener, const char *name,
              name);
     r = -EROFS;
   }
-  else if (proto & (QED_PROTO_HTTP | QED_PROTO_HTTPS)) {
-    qed_log (QED_LOG_ERROR, "%s: http and https are not supported yet", name);
-    r = -ENOTSUP;
-  }
   else {
-    r = qed_nbd_file_open (canonical, &no->options, &file);
+    if (proto & (QED_PROTO_HTTP | QED_PROTO_HTTPS))
+      r = qed_http_file_open (canonical, &no->options, &file);
+    else
+      r = qed_nbd_file_open (canonical, &no->options, &file);
+    if (r == 0 && no->options.cache_size > 0)
+      r = qed_read_cache_new (file, no->options.cache_size, &file);
     if (r == 0)
       *filep = file;
   }

@@ -184,8 +184,10 @@ qed_config (const char *key, const char *value)
     }
   }
   else if (strcmp (key, "backing-protocols") == 0) {
-    if (qed_parse_protocols (value, &net_options.protocols) < 0)
-      return -1;                /* the message names the protocol */
+    if (qed_parse_protocols (value, &net_options.protocols) < 0) {
+      nbdkit_error ("backing-protocols=%s: not a list of protocols", value);
+      return -1;
+    }
   }
   else if (strcmp (key, "backing-timeout") == 0) {
     if (parse_timeout (key, value, &net_options.timeout) == -1)

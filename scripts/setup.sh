@@ -26,10 +26,14 @@ qed_packages=(
     pkg-config
     nbdkit
     nbdkit-plugin-dev
-    libnbd-dev
+    libnbd-dev                  # NBD backing files; the C tests
+    libcurl4-openssl-dev        # HTTP(S) backing files
     libnbd-bin                  # nbdinfo, nbdcopy, nbdsh
     python3-libnbd              # the nbd module that nbdsh runs
     qemu-utils                  # qemu-img, qemu-io, qemu-nbd
+    qemu-block-extra            # qemu-img's curl driver: http(s) backing files
+    lighttpd                    # the web server of the HTTP tests
+    lighttpd-mod-openssl        # its HTTPS
     fio
     jq
     strace                      # tests count system calls
@@ -38,7 +42,6 @@ qed_packages=(
     perl                        # pod2man, podchecker
     clang
     libclang-rt-dev             # libFuzzer, for the fuzzers
-    lighttpd                    # a web server: the filter over curl
 )
 
 qed_log ()
