@@ -30,50 +30,8 @@ requires /usr/bin/python3 --version
 cd "$tmpdir"
 mkdir www
 
-# A port free on 127.0.0.1 (the kernel's choice); lighttpd gets a few
-# tries in case another process takes it in between.
-free_port ()
-{
-    /usr/bin/python3 -c '
-import socket
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])'
-}
-
-start_lighttpd ()
-{
-    local i try
-    for (( try=0; try < 5; try++ )); do
-        port=$(free_port)
-        cat > lighttpd.conf <<EOC
-server.document-root = "$tmpdir/www"
-server.bind = "127.0.0.1"
-server.port = $port
-server.errorlog = "$tmpdir/lighttpd.err"
-mimetype.assign = ( "" => "application/octet-stream" )
-EOC
-        lighttpd -D -f lighttpd.conf &
-        lighttpd_pid=$!
-        for (( i=0; i < 50; i++ )); do
-            if /usr/bin/python3 -c '
-import socket, sys
-socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' \
-                "$port" 2>/dev/null; then
-                cleanup_fn kill "$lighttpd_pid"
-                return 0
-            fi
-            kill -0 "$lighttpd_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill "$lighttpd_pid" 2>/dev/null || true
-        wait "$lighttpd_pid" || true
-    done
-    echo "$0: lighttpd did not start"
-    cat lighttpd.err
-    return 1
-}
-start_lighttpd
+start_lighttpd web "$tmpdir/www"
+port=$port_web
 
 for cluster in 4096 65536; do
     img=www/mixed-$cluster.qed
@@ -121,7 +79,10 @@ cmp <(head -c $M www/base.raw) <(head -c $M same_export/data)
 stop_nbdkit outer
 stop_nbdkit plugin
 
-# Without http among backing-protocols=, refused, naming the URL.
+# Without http among backing-protocols=, refused, naming the URL,
+# before any request for the base.
+base_gets=$(grep -c ' /base.raw ' web.access.log || true)
 filter_refuses "protocol http is not allowed" \
     --filter="$filter" curl url="http://127.0.0.1:$port/overlay.qed" \
     backing-protocols=nbd
+test "$(grep -c ' /base.raw ' web.access.log)" = "$base_gets"
