@@ -142,6 +142,14 @@ completed (struct nbd_handle *h, int64_t cookie)
   return nbd_aio_command_completed (h, cookie);
 }
 
+/* Whether the (canonical, lower-case) URI is nbd+unix or nbds+unix. */
+static bool
+is_unix (const char *uri)
+{
+  return strncmp (uri, "nbd+unix:", 9) == 0 ||
+    strncmp (uri, "nbds+unix:", 10) == 0;
+}
+
 /* A new handle connected to nf->uri, or NULL after logging why. */
 static struct nbd_handle *
 connect_handle (struct nbd_file *nf)
@@ -154,22 +162,27 @@ connect_handle (struct nbd_file *nf)
     qed_log (QED_LOG_ERROR, "%s: %s", nf->uri, nbd_get_error ());
     return NULL;
   }
-  /* The URI's own parameters may name TLS credentials
-   * (tls-psk-file, tls-certificates): files on this host.
-   */
   /* Servers that advertise a minimum block size still take the small
-   * reads the engine makes (a 64-byte header): let them decide.
+   * reads the engine makes (a 64-byte header): let them decide.  The
+   * URI's own parameters may name TLS credentials (tls-psk-file,
+   * tls-certificates): files on this host.  libnbd is held to the
+   * transport and TLS of the scheme that the policy judged (net.c), so
+   * that it cannot read the URI otherwise.
    */
   if (nbd_add_meta_context (h, LIBNBD_CONTEXT_BASE_ALLOCATION) == -1 ||
       nbd_set_strict_mode (h, nbd_get_strict_mode (h) &
                            ~LIBNBD_STRICT_ALIGN) == -1 ||
       nbd_set_uri_allow_local_file (h, true) == -1 ||
-      nbd_aio_connect_uri (h, nf->uri) == -1) {
-    qed_log (QED_LOG_ERROR, "%s: %s", nf->uri, nbd_get_error ());
-    nbd_close (h);
-    return NULL;
-  }
-  r = poll_until (h, &deadline, connected, 0);
+      nbd_set_uri_allow_transports (h, is_unix (nf->uri)
+                                    ? LIBNBD_ALLOW_TRANSPORT_UNIX
+                                    : LIBNBD_ALLOW_TRANSPORT_TCP) == -1 ||
+      nbd_set_uri_allow_tls (h, strncmp (nf->uri, "nbds", 4) == 0
+                             ? LIBNBD_TLS_REQUIRE : LIBNBD_TLS_DISABLE) == -1)
+    r = -EIO;
+  else if (nbd_aio_connect_uri (h, nf->uri) == -1)
+    r = -EIO;
+  else
+    r = poll_until (h, &deadline, connected, 0);
   if (r == -ETIMEDOUT)
     qed_log (QED_LOG_ERROR, "%s: no connection after %d seconds", nf->uri,
              nf->connect_timeout_ms / 1000);
@@ -245,15 +258,16 @@ take_handle (struct nbd_file *nf, struct nbd_handle **hp)
   return h ? 0 : -EIO;
 }
 
-/* Give h back after a request; a handle that is no longer usable is
- * closed, with the idle ones (same server, likely dead too).
+/* Give h back after a request; a handle that timed out or is no
+ * longer usable is closed (nbd_close does not wait for the server),
+ * with the idle ones (same server, likely dead too).
  */
 static void
-put_handle (struct nbd_file *nf, struct nbd_handle *h)
+put_handle (struct nbd_file *nf, struct nbd_handle *h, bool timed_out)
 {
   struct nbd_handle *stale[MAX_CONNECTIONS];
   unsigned nstale = 0;
-  bool ok = nbd_aio_is_ready (h);
+  bool ok = !timed_out && nbd_aio_is_ready (h);
 
   pthread_mutex_lock (&nf->lock);
   if (ok)
@@ -271,8 +285,7 @@ put_handle (struct nbd_file *nf, struct nbd_handle *h)
 }
 
 /* Wait for the command cookie (or its failure to start, -1) on h:
- * 0, or -EIO after logging what failed.  A handle that timed out is
- * shut down, so that put_handle discards it.
+ * 0, or -ETIMEDOUT or -EIO after logging what failed.
  */
 static int
 finish (struct nbd_file *nf, struct nbd_handle *h, int64_t cookie,
@@ -281,17 +294,15 @@ finish (struct nbd_file *nf, struct nbd_handle *h, int64_t cookie,
   struct timespec deadline = deadline_in (nf->timeout_ms);
   int r = cookie == -1 ? -EIO : poll_until (h, &deadline, completed, cookie);
 
-  if (r == -ETIMEDOUT) {
+  if (r == -ETIMEDOUT)
     qed_log (QED_LOG_ERROR, "%s: %s of %zu bytes at offset %" PRIu64
              ": no reply after %d seconds", nf->uri, what, count, offset,
              nf->timeout_ms / 1000);
-    nbd_shutdown (h, LIBNBD_SHUTDOWN_ABANDON_PENDING);
-  }
   else if (r < 0)
     qed_log (QED_LOG_ERROR, "%s: %s of %zu bytes at offset %" PRIu64 ": %s",
              nf->uri, what, count, offset,
              nbd_get_error () ? nbd_get_error () : "failed");
-  return r < 0 ? -EIO : 0;
+  return r;
 }
 
 static int
@@ -317,8 +328,8 @@ nbd_file_pread (struct qed_file *f, void *buf, size_t count, uint64_t offset)
     offset += n;
     count -= n;
   }
-  put_handle (nf, h);
-  return r;
+  put_handle (nf, h, r == -ETIMEDOUT);
+  return r < 0 ? -EIO : 0;
 }
 
 static int
@@ -393,9 +404,9 @@ nbd_file_extent (struct qed_file *f, uint64_t offset, uint64_t count,
                                     NBD_NULL_COMPLETION,
                                     LIBNBD_CMD_FLAG_REQ_ONE),
               "block status", n, offset);
-  put_handle (nf, h);
+  put_handle (nf, h, r == -ETIMEDOUT);
   if (r < 0)
-    return r;
+    return -EIO;
   if (!e.found || e.length == 0)
     return -EIO;
   *hole = e.hole;

@@ -139,7 +139,10 @@ parse_uri (const char *name, size_t scheme_len, char **canonical,
                    " nbds+unix, http and https are)");
   *proto = schemes[i].proto;
   if (*proto & UNIX_PROTOS) {
-    if (authority[0] != '/' && authority[0] != '?' && authority[0] != '\0')
+    size_t len = strcspn (authority, "/?#");
+
+    /* A user name (for TLS) may come before the '@'; no host. */
+    if (len > 0 && authority[len - 1] != '@')
       return refuse (name, "an nbd+unix URI names no host");
     if (query == NULL ||
         (strncmp (query + 1, "socket=", 7) != 0 &&

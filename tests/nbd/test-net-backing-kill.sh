@@ -10,7 +10,8 @@
 # Nothing reaches the overlay from the failed write (qemu-img check is
 # clean, the range is still the base's).  After the server restarts on
 # the same socket, the same connection reads and writes backing ranges
-# again.
+# again.  A server that does not answer makes reads fail after
+# backing-timeout=.
 
 source ./functions.sh
 set -e -u -x -o pipefail
@@ -140,3 +141,23 @@ if grep -i "fail" <<< "$out"; then
     echo "$0: the overlay does not hold what was written"
     exit 1
 fi
+
+# A server that does not answer in time: the read fails with EIO after
+# backing-timeout=, not later, and the client's connection stays up.
+start_nbdkit slow -r --filter=delay file base.raw rdelay=6
+qemu-img create -q -f qed -u -b "$uri_slow" -F raw slow.qed 8M
+start_nbdkit slowours "$plugin" slow.qed backing-timeout=1
+nbdsh -u "$uri_slowours" -c '
+import errno, time
+for i in range(2):
+    start = time.monotonic()
+    try:
+        h.pread(4096, 1024 * 1024)
+        raise AssertionError("no timeout")
+    except nbd.Error as e:
+        assert e.errnum == errno.EIO, e
+    elapsed = time.monotonic() - start
+    print("failed after %.1f s" % elapsed)
+    assert elapsed < 4, elapsed
+'
+grep "no reply after 1 seconds" slowours.log

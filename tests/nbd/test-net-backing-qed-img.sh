@@ -6,7 +6,8 @@
 # A raw base served by qemu-nbd and a QED base served as raw bytes by
 # nbdkit file, each with an overlay: create -b writes the URI verbatim
 # and takes the size from the server; info --backing-chain, map,
-# convert and check say what qemu-img says of the same images.
+# convert and check say what qemu-img says of the same images; commit
+# into a network base is refused.
 
 source ./functions.sh
 set -e -u -x -o pipefail
@@ -69,3 +70,10 @@ for img in raw.qed qed.qed; do
     # check.
     qed_img check "$img"
 done
+
+# commit: a network backing file cannot be written; the message names
+# it, and the image is left as it was.
+cp raw.qed before.qed
+qed_img_refuses "could not open the backing file $raw_uri for writing" \
+                commit raw.qed
+cmp raw.qed before.qed

@@ -9,7 +9,8 @@
 # servers).  The plugin serving the overlay reads what qemu-nbd
 # serving it reads, byte for byte and in qemu-img map (holes of the
 # base stay holes); writes through the plugin land in the overlay:
-# the base is unchanged and its server logs no write.
+# the base is unchanged and its server logs no write.  backing= may be
+# a URI, and with dir= images share a network base.
 
 source ./functions.sh
 set -e -u -x -o pipefail
@@ -103,6 +104,26 @@ check_overlay legacytcp "nbd:127.0.0.1:$port_qemub:exportname=base" raw
 check_overlay json "json:{\"file\":{\"driver\":\"nbd\",\"server\":{\"type\":\"unix\",\"path\":\"$d/fileb.sock\"}}}" raw
 check_overlay jsonflat "json:{\"file.driver\":\"nbd\",\"file.host\":\"127.0.0.1\",\"file.port\":\"$port_qemub\",\"file.export\":\"base\"}" raw
 check_overlay jsonraw "json:{\"driver\":\"raw\",\"file\":{\"driver\":\"nbd\",\"server.type\":\"inet\",\"server.host\":\"127.0.0.1\",\"server.port\":\"$port_qemub\",\"export\":\"base\"}}" raw
+
+# backing= may be a URI: it replaces a header's name that leads
+# nowhere.
+qemu-img create -q -f qed -u -b "$d/gone.raw" -F raw param.qed 8M
+start_nbdkit param "$plugin" param.qed backing="$uri_fileb" \
+             backing-format=raw
+nbdcopy "$uri_param" param.ours
+cmp param.ours base.raw
+stop_nbdkit param
+
+# dir=: images whose chains share a network base, each read whole.
+mkdir images
+qemu-img create -q -f qed -u -b "$uri_fileb" -F raw images/a.qed 8M
+qemu-img create -q -f qed -u -b "nbd:unix:$d/fileb.sock" -F raw images/b.qed 8M
+start_nbdkit dir "$plugin" dir=images
+for e in a.qed b.qed; do
+    nbdcopy "nbd+unix:///$e?socket=$d/dir.sock" "dir-$e"
+    cmp "dir-$e" base.raw
+done
+stop_nbdkit dir
 
 # Holes of the base are holes of the overlay, through the plugin too.
 jq -e '[.[] | select(.start <= 1572864 and 1572864 < .start + .length)][0] |
