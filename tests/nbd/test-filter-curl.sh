@@ -80,9 +80,14 @@ stop_nbdkit outer
 stop_nbdkit plugin
 
 # Without http among backing-protocols=, refused, naming the URL,
-# before any request for the base.
+# before any request for the base.  (lighttpd writes its access log
+# in batches, and all of it when it stops.)
+stop_lighttpd web
 base_gets=$(grep -c ' /base.raw ' web.access.log || true)
+restart_lighttpd web
 filter_refuses "protocol http is not allowed" \
     --filter="$filter" curl url="http://127.0.0.1:$port/overlay.qed" \
     backing-protocols=nbd
+stop_lighttpd web
+grep -q ' /overlay.qed ' web.access.log
 test "$(grep -c ' /base.raw ' web.access.log)" = "$base_gets"
