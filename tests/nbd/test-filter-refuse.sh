@@ -6,9 +6,11 @@
 #   those the plugin refuses are refused at start with the same
 #   message (exit status 1, not a crash); those with bad table entries
 #   fail with EIO on exactly those ranges and read right elsewhere.
-# - An image whose header names a backing file is refused unless
-#   backing= names it, and the file its header names is never opened
-#   (strace), be it a real base or /etc/shadow.
+# - An image whose header names a backing file by path is refused
+#   unless backing= names it, and the file its header names is never
+#   opened (strace), be it a real base or /etc/shadow; neither
+#   backing-format= nor backing-protocols= can change that.  (URIs in
+#   headers: test-filter-nbd.sh, test-filter-curl.sh.)
 # - With backing= (raw), the filter reads what qemu-nbd reads from the
 #   image following its header, and maps it as the plugin does.
 
