@@ -268,8 +268,8 @@ qed_config_complete (nbdkit_next_config_complete *next,
   "                         Read cache per network backing file\n" \
   "                         (default 64M; 0: none).\n" \
   "l2-cache-size=<SIZE>     Memory for cached L2 tables (default 32M).\n" \
-  "check=auto|always        Check the image's metadata at start always,\n" \
-  "                         or only when it was not closed cleanly."
+  "check=auto|always        always: check every table at start and report\n" \
+  "                         what is found; auto: as tables are read."
 
 /* The thread model nbdkit settled on, the plugin's or stricter. */
 static int
