@@ -32,7 +32,7 @@ qed_packages=(
     python3-libnbd              # the nbd module that nbdsh runs
     qemu-utils                  # qemu-img, qemu-io, qemu-nbd
     qemu-block-extra            # qemu-img's curl driver: http(s) backing files
-    lighttpd                    # the web server of the HTTP backing tests
+    lighttpd                    # the web server of the HTTP tests
     lighttpd-mod-openssl        # its HTTPS
     fio
     jq
