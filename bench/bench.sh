@@ -90,18 +90,20 @@ declare -A R C H P50 P99 P999
 declare -A UNIT CUNIT QD1
 results=()          # workloads in the order they ran
 
-# record WORKLOAD SERVER "VALUE CPU [HWM [P50 P99 P99.9]]"
+# record WORKLOAD SERVER "VALUE CPU [HWM [P50 P99 P99.9]]": a failed
+# run is "fail" in every array, a number not measured "-".
 record ()
 {
-    local w=$1 s=$2 v
+    local w=$1 s=$2 v n=-
     set -- $3
     v=$(awk -v v="${1:-}" 'BEGIN { if (v != "") printf "%.1f", v }')
+    [ -n "$v" ] || n=fail
     R[$w,$s]="${R[$w,$s]:-} ${v:-fail}"
-    C[$w,$s]="${C[$w,$s]:-} ${2:-fail}"
-    H[$w,$s]="${H[$w,$s]:-} ${3:-fail}"
-    P50[$w,$s]="${P50[$w,$s]:-} ${4:-fail}"
-    P99[$w,$s]="${P99[$w,$s]:-} ${5:-fail}"
-    P999[$w,$s]="${P999[$w,$s]:-} ${6:-fail}"
+    C[$w,$s]="${C[$w,$s]:-} ${2:-$n}"
+    H[$w,$s]="${H[$w,$s]:-} ${3:-$n}"
+    P50[$w,$s]="${P50[$w,$s]:-} ${4:-$n}"
+    P99[$w,$s]="${P99[$w,$s]:-} ${5:-$n}"
+    P999[$w,$s]="${P999[$w,$s]:-} ${6:-$n}"
     has "${results[*]:-}" "$w" || results+=("$w")
 }
 
