@@ -96,7 +96,7 @@ bench_cleanup ()
 }
 
 # The file system of the scratch directory, for the reports: "ext4 on
-# /dev/vda (options...)", with a note whether the page cache is dropped.
+# /dev/vda", and ", mounted with discard" where it is.
 fs_of_dir ()
 {
     local fs src opts
@@ -108,6 +108,7 @@ fs_of_dir ()
     fi
 }
 
+# Whether the page cache is dropped, for the reports.
 caches_note ()
 {
     if [ "$DROP_CACHES" = yes ]; then
