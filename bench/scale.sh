@@ -185,7 +185,8 @@ run_open_section ()
     local -A O RD CL HW
 
     say "Open, first read (4 KiB in the middle of the disk) and close, in ms, and the"
-    say "peak RSS (VmHWM) in MiB; medians of $RUNS, servers interleaved, $(caches_note)"
+    say "peak RSS (VmHWM) in MiB, on $(fs_of_dir);"
+    say "medians of $RUNS, servers interleaved, $(caches_note)"
     say "(the engine: before its first open); lower is better.  A server's open is"
     say "from its start until a client has connected, its close from SIGTERM until"
     say "it has exited."
@@ -278,8 +279,10 @@ run_latency_section ()
 
     say ""
     say "Random 4 KiB reads, one in flight, over the whole of an allocated $LAT_SMALL and"
-    say "$LAT_LARGE image ($CLUSTER_SIZE clusters), RT=${RT}s, medians of $RUNS runs interleaved;"
-    say "the data is a hole of the host file, the L2 tables are read from the disk."
+    say "$LAT_LARGE image ($CLUSTER_SIZE clusters), RT=${RT}s, medians of $RUNS runs interleaved,"
+    say "on $(fs_of_dir);"
+    say "$(caches_note).  The data is a hole of the host file; the L2"
+    say "tables are read from the disk."
     say "large/small: the ratio of the $LAT_LARGE image's to the $LAT_SMALL image's (IOPS:"
     say "higher is better; latency: lower is better)."
     say "$(printf '%-9s %-7s %9s %9s %11s' server "" "$LAT_SMALL" "$LAT_LARGE" large/small)"
