@@ -356,7 +356,7 @@ compare_row ()
     case $kind in
         higher)
             has "${refs[*]}" raw-file || tr=
-            vals+=("@$(printf '%-21s' ">=${tq}x qemu${tr:+, >=${tr}x raw}")" "@$pass") ;;
+            vals+=("@$(printf '%-23s' ">=${tq}x qemu${tr:+, >=${tr}x raw}")" "@$pass") ;;
         lower)  vals+=("@$pass") ;;
     esac
     row "$label" "$unit" "${vals[@]}"
@@ -393,7 +393,7 @@ print_tables ()
     say "higher is better.  Others' load before each workload: at most ${OTHERS_BUSY}% CPU."
     say "Ratios: $(label "$me") / each.  Targets: >= 1x every qemu-nbd (more where"
     say "named)$(has "${refs[*]}" raw-file && echo ", >= 0.9x raw-file")."
-    row workload unit "${head[@]}" "@$(printf '%-21s' target)" @result
+    row workload unit "${head[@]}" "@$(printf '%-23s' target)" @result
     for w in "${ws[@]}"; do
         compare_row R "$w" "$w" "${UNIT[$w]}" higher
     done
