@@ -51,6 +51,26 @@ log2_of (uint64_t v)
   return 63 - __builtin_clzll (v);
 }
 
+/* A file without QED's magic: when it is an image in a format we know
+ * of, say so, and fail with -EMEDIUMTYPE, so that the caller can say
+ * what serves it.  0 otherwise (the header's validation names the
+ * wrong magic).
+ */
+static int
+not_qed (struct qed_image *img, uint64_t file_size)
+{
+  unsigned char buf[OTHER_FORMAT_PROBE_BYTES];
+  size_t n = file_size < sizeof buf ? file_size : sizeof buf;
+  const char *format;
+
+  if (img->file->ops->pread (img->file, buf, n, 0) < 0 ||
+      (format = other_format (buf, n)) == NULL)
+    return 0;
+  qed_error ("%s: this is a %s image, not a QED image", image_name (img),
+             format);
+  return -EMEDIUMTYPE;
+}
+
 /* Read and validate the header, set up the geometry. */
 static int
 read_header (struct qed_image *img, uint64_t file_size)
@@ -71,6 +91,8 @@ read_header (struct qed_image *img, uint64_t file_size)
     return r;
   }
   qed_header_decode (buf, h);
+  if (h->magic != QED_MAGIC && (r = not_qed (img, file_size)) < 0)
+    return r;
   r = qed_header_validate (h, file_size, msg, sizeof msg);
   if (r < 0) {
     qed_error ("%s: %s", image_name (img), msg);
@@ -152,6 +174,7 @@ image_open (struct qed_file *file, const char *path,
   struct qed_image *img;
   pthread_condattr_t attr;
   uint64_t file_size, *ids;
+  size_t cache_size;
   int r;
 
   img = calloc (1, sizeof *img);
@@ -190,8 +213,11 @@ image_open (struct qed_file *file, const char *path,
   if ((r = read_header (img, file_size)) < 0 ||
       (r = table_load_l1 (img)) < 0)
     goto fail;
-  if (l2_cache_init (&img->cache, opts->l2_cache_size ? opts->l2_cache_size
-                     : DEFAULT_L2_CACHE_SIZE) == -1) {
+  cache_size = opts->l2_cache_size ? opts->l2_cache_size
+    : DEFAULT_L2_CACHE_SIZE;
+  if (l2_cache_init (&img->cache, cache_size) == -1) {
+    qed_error ("%s: cannot allocate an L2 cache of %zu bytes: %s",
+               image_name (img), cache_size, strerror (ENOMEM));
     r = -ENOMEM;
     goto fail;
   }

@@ -86,7 +86,9 @@ struct qed_open_options {
 };
 
 /* Open the image of that name (through the opener).  On failure *imgp
- * is untouched and the log has said which field or step was wrong.
+ * is untouched and the log has said which field or step was wrong;
+ * -EMEDIUMTYPE means the file is an image in another format (the log
+ * names it), which the caller may say how to use.
  */
 int qed_image_open (const char *name, const struct qed_open_options *opts,
                     struct qed_image **imgp);
