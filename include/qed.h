@@ -43,6 +43,10 @@ void qed_set_log_function (qed_log_fn fn);
 /* Send a message through it (file layers use it too). */
 void qed_log (enum qed_log_level level, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
+/* The noun for a count of n in messages: one if n is 1, else many
+ * ("%" PRIu64 " %s", n, qed_plural (n, "entry", "entries")).
+ */
+const char *qed_plural (uint64_t n, const char *one, const char *many);
 
 /* Opening. */
 enum qed_access {

@@ -446,6 +446,22 @@ qed_cleanup (void)
   exports_free ();
 }
 
+/* nbdkit -r (or a filter such as cow) never turns writes on, so an
+ * image not closed cleanly is not repaired: say so, once.
+ */
+static void
+say_not_repaired (void)
+{
+  static bool said;
+  struct qed_image_info info;
+
+  qed_image_get_info (image, &info);
+  if (info.need_check && !__atomic_exchange_n (&said, true, __ATOMIC_RELAXED))
+    qed_log (QED_LOG_NOTICE, "%s: the image was not closed cleanly"
+             " (NEED_CHECK is set) and is served read-only, without checking"
+             " or repairing it", filename);
+}
+
 /* A writable connection turns writes on (write lock, repair) if they
  * are not on yet.  When that fails -- another process holds the image,
  * the file is read-only -- the connection is served read-only, and the
@@ -455,6 +471,7 @@ static void *
 qed_open (int readonly)
 {
   const char *name;
+  int r;
 
   if (dir) {
     name = nbdkit_export_name ();
@@ -471,8 +488,12 @@ qed_open (int readonly)
      */
     return export_get (name);
   }
-  if (!readonly && qed_image_enable_writes (image) < 0)
-    nbdkit_debug ("serving this connection read-only");
+  if (readonly)
+    say_not_repaired ();
+  else if ((r = qed_image_enable_writes (image)) < 0)
+    qed_log (QED_LOG_NOTICE, "%s: serving this connection read-only: %s",
+             filename, r == -EBUSY ? "another process has the image open"
+             : strerror (-r));
   return NBDKIT_HANDLE_NOT_NEEDED;
 }
 
