@@ -91,9 +91,7 @@ qed_build ()
     jobs=$(nproc 2>/dev/null || echo 2)
     if [ ! -x "$srcdir/configure" ] || [ ! -f "$srcdir/Makefile.in" ]; then
         qed_log "autoreconf -fi in $srcdir"
-        # m4/ is generated (and not in git): make it so aclocal does
-        # not warn that it is missing.
-        (cd "$srcdir" && mkdir -p m4 && autoreconf -fi) || return 1
+        (cd "$srcdir" && autoreconf -fi) || return 1
     fi
     mkdir -p "$builddir" || return 1
     # Configure once, and again when the flags are not those of the
