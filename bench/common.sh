@@ -32,6 +32,9 @@
 #                 offsets are cluster-aligned, so nearly every write
 #                 allocates a new cluster
 #   CLUSTER_SIZE  cluster size of the QED images [64K]
+#
+# The array OURS_PARAMS holds extra plugin parameters for the server
+# "ours" (bench.sh's L2 cache curve sets l2-cache-size= there).
 
 set -u -o pipefail
 export LC_ALL=C
@@ -194,7 +197,8 @@ mkimg ()
 server_cmd ()
 {
     case $1 in
-        ours)     cmd=(nbdkit -f "$PLUGIN" "file=$2") ;;
+        ours)     cmd=(nbdkit -f "$PLUGIN" "file=$2"
+                       ${OURS_PARAMS[@]+"${OURS_PARAMS[@]}"}) ;;
         ours-direct)
                   cmd=(nbdkit -f "$PLUGIN" "file=$2" cache=none) ;;
         qemu-nbd) cmd=(qemu-nbd -f qed -t -e 64 --cache=writeback
