@@ -29,21 +29,6 @@
 #include "qed-net.h"
 #include "net-name.h"
 
-static const struct {
-  const char *name;
-  unsigned proto;
-} protocol_names[] = {
-  { "file", QED_PROTO_FILE },
-  { "nbd", QED_PROTO_NBD },
-  { "nbds", QED_PROTO_NBDS },
-  { "nbd+unix", QED_PROTO_NBD_UNIX },
-  { "nbds+unix", QED_PROTO_NBDS_UNIX },
-  { "http", QED_PROTO_HTTP },
-  { "https", QED_PROTO_HTTPS },
-};
-
-#define NPROTOCOLS (sizeof protocol_names / sizeof protocol_names[0])
-
 struct net_opener {
   struct qed_opener base;       /* first, so a qed_opener * converts */
   struct qed_net_options options;
@@ -52,9 +37,9 @@ struct net_opener {
 int
 qed_parse_protocols (const char *list, unsigned *protocols)
 {
-  unsigned set = 0;
+  unsigned set = 0, proto;
   const char *p = list;
-  size_t len, i;
+  size_t len;
 
   if (strcmp (list, "none") == 0) {
     *protocols = 0;
@@ -62,32 +47,19 @@ qed_parse_protocols (const char *list, unsigned *protocols)
   }
   for (;;) {
     len = strcspn (p, ",");
-    for (i = 0; i < NPROTOCOLS; i++)
-      if (strlen (protocol_names[i].name) == len &&
-          strncmp (p, protocol_names[i].name, len) == 0)
-        break;
-    if (i == NPROTOCOLS) {
+    if ((proto = net_proto_lookup (p, len, false)) == 0) {
       qed_log (QED_LOG_ERROR, "protocol list %s: unknown protocol '%.*s'"
                " (file, nbd, nbds, nbd+unix, nbds+unix, http, https, or"
                " none alone)", list, (int) len, p);
       return -EINVAL;
     }
-    set |= protocol_names[i].proto;
+    set |= proto;
     if (p[len] == '\0')
       break;
     p += len + 1;
   }
   *protocols = set;
   return 0;
-}
-
-static const char *
-protocol_name (unsigned proto)
-{
-  for (size_t i = 0; i < NPROTOCOLS; i++)
-    if (protocol_names[i].proto == proto)
-      return protocol_names[i].name;
-  return "?";
 }
 
 static int
@@ -128,11 +100,11 @@ net_resolve (const struct qed_opener *opener, const char *name,
   if ((proto & no->options.protocols) == 0) {
     if (strcmp (name, canonical) == 0)
       qed_log (QED_LOG_ERROR, "backing file %s: protocol %s is not allowed"
-               " (backing-protocols=)", name, protocol_name (proto));
+               " (backing-protocols=)", name, net_proto_name (proto));
     else
       qed_log (QED_LOG_ERROR, "backing file %s (%s): protocol %s is not"
                " allowed (backing-protocols=)", name, canonical,
-               protocol_name (proto));
+               net_proto_name (proto));
     free (canonical);
     return -EPERM;
   }
