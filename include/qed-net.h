@@ -44,6 +44,21 @@ struct qed_net_options {
                                  * 0: none */
 };
 
+/* backing-cache-size='s default. */
+#define QED_NET_DEFAULT_CACHE_SIZE (64 * 1024 * 1024)
+
+/* Parse key=value into *options when key is one of the parameters
+ * that set them, as nbdkit's plugin and filter spell them:
+ * backing-protocols=, backing-timeout=, backing-connect-timeout=,
+ * backing-connections= and backing-cache-size=.  1 when key is one of
+ * them and value is good, 0 when key is none of them (nothing is
+ * changed), -EINVAL when value is not good (logged through qed_log,
+ * in the words of nbdkit's own parsers where they would have judged
+ * it).
+ */
+int qed_net_parse_option (struct qed_net_options *options,
+                          const char *key, const char *value);
+
 /* Parse a comma-separated list of protocol names (file, nbd, nbds,
  * nbd+unix, nbds+unix, http, https; "none" for the empty set) into
  * *protocols.  An unknown name is reported through qed_log, naming it,
