@@ -20,14 +20,10 @@
 
 #include <config.h>
 
-#include <ctype.h>
 #include <errno.h>
-#include <inttypes.h>
-#include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "qed.h"
 #include "qed-net.h"
@@ -72,98 +68,12 @@ qed_parse_protocols (const char *list, unsigned *protocols)
   return 0;
 }
 
-/* An unsigned number (decimal, 0x hex or 0 octal) for key, as
- * nbdkit_parse_unsigned parses it and in the same words: files/ cannot
- * call nbdkit, and the plugin's and filter's messages must not change.
- */
-static int
-parse_unsigned (const char *key, const char *value, unsigned *n)
-{
-  unsigned long r;
-  char *end;
-
-  while (isspace ((unsigned char) *value))
-    value++;
-  if (*value == '-') {
-    qed_log (QED_LOG_ERROR, "%s: negative numbers are not allowed", key);
-    return -EINVAL;
-  }
-  errno = 0;
-  r = strtoul (value, &end, 0);
-  if (errno == 0 && r > UINT_MAX)
-    errno = ERANGE;
-  if (errno != 0) {
-    qed_log (QED_LOG_ERROR, "%s: could not parse number: \"%s\": %s",
-             key, value, strerror (errno));
-    return -EINVAL;
-  }
-  if (end == value) {
-    qed_log (QED_LOG_ERROR, "%s: empty string where we expected a number",
-             key);
-    return -EINVAL;
-  }
-  if (*end) {
-    qed_log (QED_LOG_ERROR, "%s: could not parse number: \"%s\": trailing"
-             " garbage", key, value);
-    return -EINVAL;
-  }
-  *n = r;
-  return 0;
-}
-
-/* A size in bytes: a decimal number with an optional suffix, b, k, m,
- * g, t, p or e (powers of 1024) or s (512-byte sectors), in either
- * case; as nbdkit_parse_size parses it and in its words (see
- * parse_unsigned).
- */
-static int
-parse_size (const char *value, int64_t *size)
-{
-  static const char powers[] = "bkmgtpe";
-  const char *power;
-  uint64_t scale = 1;
-  intmax_t n;
-  char *end;
-
-  errno = 0;
-  n = strtoimax (value, &end, 10);
-  if (end == value) {
-    qed_log (QED_LOG_ERROR, "could not parse size string (%s)", value);
-    return -EINVAL;
-  }
-  if (n < 0) {
-    qed_log (QED_LOG_ERROR, "size cannot be negative (%s)", value);
-    return -EINVAL;
-  }
-  if (errno != 0) {
-    qed_log (QED_LOG_ERROR, "size (%s) exceeds maximum value", value);
-    return -EINVAL;
-  }
-  if (*end) {
-    power = strchr (powers, tolower ((unsigned char) *end));
-    if (power)
-      scale <<= 10 * (power - powers);
-    else if (tolower ((unsigned char) *end) == 's')
-      scale = 512;
-    if ((power == NULL && scale == 1) || end[1]) {
-      qed_log (QED_LOG_ERROR, "could not parse size: unknown suffix '%s'",
-               end);
-      return -EINVAL;
-    }
-  }
-  if (INT64_MAX / scale < (uint64_t) n) {
-    qed_log (QED_LOG_ERROR, "overflow computing size (%s)", value);
-    return -EINVAL;
-  }
-  *size = n * scale;
-  return 0;
-}
-
 /* A number of seconds for key, from 1 to MAX_TIMEOUT. */
 static int
-parse_timeout (const char *key, const char *value, unsigned *seconds)
+parse_timeout (const struct qed_number_parsers *parsers, const char *key,
+               const char *value, unsigned *seconds)
 {
-  if (parse_unsigned (key, value, seconds) < 0)
+  if (parsers->parse_unsigned (key, value, seconds) == -1)
     return -EINVAL;
   if (*seconds < 1 || *seconds > MAX_TIMEOUT) {
     qed_log (QED_LOG_ERROR, "%s must be from 1 to %d seconds, not %s", key,
@@ -174,8 +84,9 @@ parse_timeout (const char *key, const char *value, unsigned *seconds)
 }
 
 int
-qed_net_parse_option (struct qed_net_options *options, const char *key,
-                      const char *value)
+qed_net_parse_option (struct qed_net_options *options,
+                      const struct qed_number_parsers *parsers,
+                      const char *key, const char *value)
 {
   if (strcmp (key, "backing-protocols") == 0) {
     if (qed_parse_protocols (value, &options->protocols) < 0) {
@@ -185,15 +96,16 @@ qed_net_parse_option (struct qed_net_options *options, const char *key,
     }
   }
   else if (strcmp (key, "backing-timeout") == 0) {
-    if (parse_timeout (key, value, &options->timeout) < 0)
+    if (parse_timeout (parsers, key, value, &options->timeout) < 0)
       return -EINVAL;
   }
   else if (strcmp (key, "backing-connect-timeout") == 0) {
-    if (parse_timeout (key, value, &options->connect_timeout) < 0)
+    if (parse_timeout (parsers, key, value, &options->connect_timeout) < 0)
       return -EINVAL;
   }
   else if (strcmp (key, "backing-connections") == 0) {
-    if (parse_unsigned (key, value, &options->max_connections) < 0)
+    if (parsers->parse_unsigned (key, value,
+                                 &options->max_connections) == -1)
       return -EINVAL;
     if (options->max_connections < 1 || options->max_connections > 8) {
       qed_log (QED_LOG_ERROR, "backing-connections must be from 1 to 8,"
@@ -202,10 +114,13 @@ qed_net_parse_option (struct qed_net_options *options, const char *key,
     }
   }
   else if (strcmp (key, "backing-cache-size") == 0) {
-    int64_t size;
+    int64_t size = parsers->parse_size (value);
 
-    if (parse_size (value, &size) < 0)
+    if (size == -1) {
+      qed_log (QED_LOG_ERROR, "backing-cache-size=%s: not a size (a number"
+               " with an optional k, M, G suffix)", value);
       return -EINVAL;
+    }
     if (size > MAX_CACHE_SIZE) {
       qed_log (QED_LOG_ERROR, "backing-cache-size must be at most 16G,"
                " not %s", value);

@@ -73,6 +73,12 @@ static struct qed_net_options net_options = {
   .cache_size = QED_NET_DEFAULT_CACHE_SIZE,
 };
 
+/* Numbers in backing-*= parsed, and reported, by nbdkit. */
+static const struct qed_number_parsers nbdkit_parsers = {
+  .parse_unsigned = nbdkit_parse_unsigned,
+  .parse_size = nbdkit_parse_size,
+};
+
 static struct qed_opener *opener;       /* backing.c's */
 static struct qed_image *image;
 
@@ -131,7 +137,8 @@ qed_config (nbdkit_next_config *next, nbdkit_backend *nxdata,
       return -1;
     }
   }
-  else if ((r = qed_net_parse_option (&net_options, key, value)) != 0) {
+  else if ((r = qed_net_parse_option (&net_options, &nbdkit_parsers, key,
+                                      value)) != 0) {
     if (r < 0)
       return -1;
     if (strcmp (key, "backing-protocols") == 0 &&

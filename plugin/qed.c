@@ -66,6 +66,13 @@ static struct qed_net_options net_options = {
   .protocols = QED_PROTO_ALL,
   .cache_size = QED_NET_DEFAULT_CACHE_SIZE,
 };
+
+/* Numbers in backing-*= parsed, and reported, by nbdkit. */
+static const struct qed_number_parsers nbdkit_parsers = {
+  .parse_unsigned = nbdkit_parse_unsigned,
+  .parse_size = nbdkit_parse_size,
+};
+
 static struct qed_opener *opener;
 
 static struct qed_image *image;         /* file= */
@@ -233,7 +240,8 @@ qed_config (const char *key, const char *value)
     else if (absolute_path (key, value, &backing) == -1)
       return -1;
   }
-  else if ((r = qed_net_parse_option (&net_options, key, value)) != 0) {
+  else if ((r = qed_net_parse_option (&net_options, &nbdkit_parsers, key,
+                                      value)) != 0) {
     if (r < 0)
       return -1;
   }
