@@ -65,14 +65,13 @@
 
 #include "qed.h"
 #include "qed-net.h"
+#include "net-retry.h"
 
 #define DEFAULT_CONNECT_TIMEOUT 10      /* seconds */
 #define DEFAULT_TIMEOUT 30              /* seconds */
 #define DEFAULT_CONNECTIONS 4
 #define MAX_CONNECTIONS 8
 #define MAX_REDIRECTS 10
-#define RETRY_MIN_MS 100
-#define RETRY_MAX_MS 4000
 
 /* An easy handle and the buffer where it explains its failures. */
 struct conn {
@@ -126,42 +125,6 @@ static void
 global_init (void)
 {
   global_init_result = curl_global_init (CURL_GLOBAL_DEFAULT);
-}
-
-static struct timespec
-deadline_in (int ms)
-{
-  struct timespec t;
-
-  clock_gettime (CLOCK_MONOTONIC, &t);
-  t.tv_sec += ms / 1000;
-  t.tv_nsec += (long) (ms % 1000) * 1000000;
-  if (t.tv_nsec >= 1000000000) {
-    t.tv_sec++;
-    t.tv_nsec -= 1000000000;
-  }
-  return t;
-}
-
-/* Milliseconds until t, rounded up; 0 or less when it has passed. */
-static int64_t
-ms_until (const struct timespec *t)
-{
-  struct timespec now;
-
-  clock_gettime (CLOCK_MONOTONIC, &now);
-  return (t->tv_sec - now.tv_sec) * 1000 +
-    (t->tv_nsec - now.tv_nsec + 999999) / 1000000;
-}
-
-/* The delay after failures (at least 1) failed requests in a row. */
-static int
-retry_delay_ms (unsigned failures)
-{
-  unsigned shift = failures - 1;
-
-  return shift < 6 && (RETRY_MIN_MS << shift) < RETRY_MAX_MS
-    ? RETRY_MIN_MS << shift : RETRY_MAX_MS;
 }
 
 static size_t
@@ -314,7 +277,7 @@ take_conn (struct http_file *hf, struct conn **cp)
   struct conn *c;
 
   pthread_mutex_lock (&hf->lock);
-  if (hf->failures > 0 && (wait_ms = ms_until (&hf->retry_at)) > 0) {
+  if (hf->failures > 0 && (wait_ms = net_ms_until (&hf->retry_at)) > 0) {
     unsigned failures = hf->failures;
 
     pthread_mutex_unlock (&hf->lock);
@@ -355,7 +318,7 @@ put_conn (struct http_file *hf, struct conn *c, bool reached)
     hf->failures = 0;
   else {
     hf->failures++;
-    hf->retry_at = deadline_in (retry_delay_ms (hf->failures));
+    hf->retry_at = net_deadline_in (net_retry_delay_ms (hf->failures));
   }
   pthread_cond_signal (&hf->free_handle);
   pthread_mutex_unlock (&hf->lock);
@@ -481,21 +444,6 @@ static const struct qed_file_ops http_ops = {
   .identity = http_identity,
 };
 
-/* FNV-1a of s from the offset basis seed: two seeds, two numbers,
- * the same for two opens of one URL.
- */
-static uint64_t
-hash (const char *s, uint64_t seed)
-{
-  uint64_t h = seed;
-
-  for (; *s; s++) {
-    h ^= (unsigned char) *s;
-    h *= UINT64_C (0x100000001b3);
-  }
-  return h;
-}
-
 /* The CA certificates the environment names, as the curl command
  * reads them.
  */
@@ -593,8 +541,7 @@ qed_http_file_open (const char *url, const struct qed_net_options *options,
   hf->timeout = options->timeout ? options->timeout : DEFAULT_TIMEOUT;
   hf->redirect_protocols = redirect_protocols (url, options->protocols);
   hf->max_handles = conns < MAX_CONNECTIONS ? conns : MAX_CONNECTIONS;
-  hf->id[0] = hash (url, UINT64_C (0xcbf29ce484222325));
-  hf->id[1] = hash (url, UINT64_C (0x84222325cbf29ce4));
+  net_uri_identity (url, hf->id);
 
   if ((c = new_conn (hf)) == NULL) {
     http_close (&hf->base);

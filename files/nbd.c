@@ -48,13 +48,12 @@
 
 #include "qed.h"
 #include "qed-net.h"
+#include "net-retry.h"
 
 #define DEFAULT_CONNECT_TIMEOUT 10      /* seconds */
 #define DEFAULT_TIMEOUT 30              /* seconds */
 #define DEFAULT_CONNECTIONS 4
 #define MAX_CONNECTIONS 8
-#define RETRY_MIN_MS 100
-#define RETRY_MAX_MS 4000
 /* The largest request sent, unless the server wants smaller ones:
  * the NBD limit most servers keep to.
  */
@@ -80,32 +79,6 @@ struct nbd_file {
   struct timespec retry_at;     /* under lock: no connect before */
 };
 
-static struct timespec
-deadline_in (int ms)
-{
-  struct timespec t;
-
-  clock_gettime (CLOCK_MONOTONIC, &t);
-  t.tv_sec += ms / 1000;
-  t.tv_nsec += (long) (ms % 1000) * 1000000;
-  if (t.tv_nsec >= 1000000000) {
-    t.tv_sec++;
-    t.tv_nsec -= 1000000000;
-  }
-  return t;
-}
-
-/* Milliseconds until t, rounded up; 0 or less when it has passed. */
-static int64_t
-ms_until (const struct timespec *t)
-{
-  struct timespec now;
-
-  clock_gettime (CLOCK_MONOTONIC, &now);
-  return (t->tv_sec - now.tv_sec) * 1000 +
-    (t->tv_nsec - now.tv_nsec + 999999) / 1000000;
-}
-
 /* Run h's state machine until done (h) says stop or the deadline
  * passes: 0, -ETIMEDOUT, or -EIO when the handle failed.
  */
@@ -118,7 +91,7 @@ poll_until (struct nbd_handle *h, const struct timespec *deadline,
   int r;
 
   while ((r = done (h, cookie)) == 0) {
-    if ((ms = ms_until (deadline)) <= 0)
+    if ((ms = net_ms_until (deadline)) <= 0)
       return -ETIMEDOUT;
     if (nbd_poll (h, ms > INT32_MAX ? INT32_MAX : (int) ms) == -1)
       return -EIO;
@@ -154,7 +127,7 @@ is_unix (const char *uri)
 static struct nbd_handle *
 connect_handle (struct nbd_file *nf)
 {
-  struct timespec deadline = deadline_in (nf->connect_timeout_ms);
+  struct timespec deadline = net_deadline_in (nf->connect_timeout_ms);
   struct nbd_handle *h = nbd_create ();
   int r;
 
@@ -196,16 +169,6 @@ connect_handle (struct nbd_file *nf)
   return h;
 }
 
-/* The delay after failures (at least 1) failed attempts in a row. */
-static int
-retry_delay_ms (unsigned failures)
-{
-  unsigned shift = failures - 1;
-
-  return shift < 6 && (RETRY_MIN_MS << shift) < RETRY_MAX_MS
-    ? RETRY_MIN_MS << shift : RETRY_MAX_MS;
-}
-
 /* A handle for one request, in *hp: an idle one, a new one, or the
  * first to come back.  -EIO when no connection can be made.
  */
@@ -224,7 +187,7 @@ take_handle (struct nbd_file *nf, struct nbd_handle **hp)
     pthread_mutex_unlock (&nf->lock);
     return 0;
   }
-  if (nf->failures > 0 && (wait_ms = ms_until (&nf->retry_at)) > 0) {
+  if (nf->failures > 0 && (wait_ms = net_ms_until (&nf->retry_at)) > 0) {
     pthread_mutex_unlock (&nf->lock);
     qed_log (QED_LOG_ERROR, "%s: the server cannot be reached (%u failed"
              " attempts); next attempt in %" PRId64 " ms", nf->uri,
@@ -248,7 +211,7 @@ take_handle (struct nbd_file *nf, struct nbd_handle **hp)
   if (h == NULL) {
     nf->nhandles--;
     nf->failures++;
-    nf->retry_at = deadline_in (retry_delay_ms (nf->failures));
+    nf->retry_at = net_deadline_in (net_retry_delay_ms (nf->failures));
     pthread_cond_signal (&nf->free_handle);
   }
   else
@@ -291,7 +254,7 @@ static int
 finish (struct nbd_file *nf, struct nbd_handle *h, int64_t cookie,
         const char *what, size_t count, uint64_t offset)
 {
-  struct timespec deadline = deadline_in (nf->timeout_ms);
+  struct timespec deadline = net_deadline_in (nf->timeout_ms);
   int r = cookie == -1 ? -EIO : poll_until (h, &deadline, completed, cookie);
 
   if (r == -ETIMEDOUT)
@@ -438,21 +401,6 @@ static const struct qed_file_ops nbd_file_ops = {
   .extent = nbd_file_extent,
 };
 
-/* FNV-1a of s from the offset basis seed: two seeds, two numbers,
- * the same for two opens of one URI.
- */
-static uint64_t
-hash (const char *s, uint64_t seed)
-{
-  uint64_t h = seed;
-
-  for (; *s; s++) {
-    h ^= (unsigned char) *s;
-    h *= UINT64_C (0x100000001b3);
-  }
-  return h;
-}
-
 int
 qed_nbd_file_open (const char *uri, const struct qed_net_options *options,
                    struct qed_file **filep)
@@ -474,8 +422,7 @@ qed_nbd_file_open (const char *uri, const struct qed_net_options *options,
                                    : DEFAULT_CONNECT_TIMEOUT);
   nf->timeout_ms = 1000 * (options->timeout ? options->timeout
                            : DEFAULT_TIMEOUT);
-  nf->id[0] = hash (uri, UINT64_C (0xcbf29ce484222325));
-  nf->id[1] = hash (uri, UINT64_C (0x84222325cbf29ce4));
+  net_uri_identity (uri, nf->id);
   pthread_mutex_init (&nf->lock, NULL);
   pthread_cond_init (&nf->free_handle, NULL);
 

@@ -40,10 +40,14 @@
 #include "qed-net.h"
 #include "net-name.h"
 
+/* The protocols by name, as backing-protocols= lists them and, all
+ * but "file", as URI schemes spell them.
+ */
 static const struct {
-  const char *scheme;
+  const char *name;
   unsigned proto;
-} schemes[] = {
+} protocol_names[] = {
+  { "file", QED_PROTO_FILE },
   { "nbd", QED_PROTO_NBD },
   { "nbds", QED_PROTO_NBDS },
   { "nbd+unix", QED_PROTO_NBD_UNIX },
@@ -51,6 +55,8 @@ static const struct {
   { "http", QED_PROTO_HTTP },
   { "https", QED_PROTO_HTTPS },
 };
+
+#define NPROTOCOLS (sizeof protocol_names / sizeof protocol_names[0])
 
 #define NBD_PROTOS (QED_PROTO_NBD | QED_PROTO_NBDS | QED_PROTO_NBD_UNIX | \
                     QED_PROTO_NBDS_UNIX)
@@ -121,6 +127,26 @@ is_port (const char *s)
     atoi (s) <= 65535;
 }
 
+unsigned
+net_proto_lookup (const char *name, size_t len, bool any_case)
+{
+  for (size_t i = 0; i < NPROTOCOLS; i++)
+    if (strlen (protocol_names[i].name) == len &&
+        (any_case ? strncasecmp (name, protocol_names[i].name, len)
+         : strncmp (name, protocol_names[i].name, len)) == 0)
+      return protocol_names[i].proto;
+  return 0;
+}
+
+const char *
+net_proto_name (unsigned proto)
+{
+  for (size_t i = 0; i < NPROTOCOLS; i++)
+    if (protocol_names[i].proto == proto)
+      return protocol_names[i].name;
+  return "?";
+}
+
 /* A URI whose scheme is scheme_len bytes long ("nbd://..."). */
 static int
 parse_uri (const char *name, size_t scheme_len, char **canonical,
@@ -128,16 +154,14 @@ parse_uri (const char *name, size_t scheme_len, char **canonical,
 {
   const char *authority = name + scheme_len + 3;
   const char *query = strchr (authority, '?');
+  unsigned scheme_proto = net_proto_lookup (name, scheme_len, true);
   size_t i;
 
-  for (i = 0; i < sizeof schemes / sizeof schemes[0]; i++)
-    if (strlen (schemes[i].scheme) == scheme_len &&
-        strncasecmp (name, schemes[i].scheme, scheme_len) == 0)
-      break;
-  if (i == sizeof schemes / sizeof schemes[0])
+  /* "file" names a protocol, but no URI scheme that we open. */
+  if (scheme_proto == 0 || scheme_proto == QED_PROTO_FILE)
     return refuse (name, "unsupported protocol (nbd, nbds, nbd+unix,"
                    " nbds+unix, http and https are)");
-  *proto = schemes[i].proto;
+  *proto = scheme_proto;
   if (*proto & UNIX_PROTOS) {
     size_t len = strcspn (authority, "/?#");
 

@@ -5,6 +5,18 @@
 #ifndef QED_NET_NAME_H
 #define QED_NET_NAME_H
 
+#include <stdbool.h>
+#include <stddef.h>
+
+/* The QED_PROTO_* bit of the protocol whose name (file, nbd, nbds,
+ * nbd+unix, nbds+unix, http, https) is the len bytes at name, compared
+ * ignoring case if any_case; 0 for none.
+ */
+unsigned net_proto_lookup (const char *name, size_t len, bool any_case);
+
+/* The name of the protocol proto (one QED_PROTO_* bit); "?" for none. */
+const char *net_proto_name (unsigned proto);
+
 /* The canonical form of name in *canonical (malloc'd) and its
  * protocol (one QED_PROTO_* bit) in *proto: a URI for the network
  * forms (nbd://..., nbd:HOST:PORT, json:{...}, ...), the path itself

@@ -21,28 +21,19 @@
 #include <config.h>
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "qed.h"
 #include "qed-net.h"
 #include "net-name.h"
 
-static const struct {
-  const char *name;
-  unsigned proto;
-} protocol_names[] = {
-  { "file", QED_PROTO_FILE },
-  { "nbd", QED_PROTO_NBD },
-  { "nbds", QED_PROTO_NBDS },
-  { "nbd+unix", QED_PROTO_NBD_UNIX },
-  { "nbds+unix", QED_PROTO_NBDS_UNIX },
-  { "http", QED_PROTO_HTTP },
-  { "https", QED_PROTO_HTTPS },
-};
+/* backing-cache-size=: at most this. */
+#define MAX_CACHE_SIZE (INT64_C (16) * 1024 * 1024 * 1024)
 
-#define NPROTOCOLS (sizeof protocol_names / sizeof protocol_names[0])
+/* backing-timeout= and backing-connect-timeout=: at most an hour. */
+#define MAX_TIMEOUT 3600
 
 struct net_opener {
   struct qed_opener base;       /* first, so a qed_opener * converts */
@@ -52,9 +43,9 @@ struct net_opener {
 int
 qed_parse_protocols (const char *list, unsigned *protocols)
 {
-  unsigned set = 0;
+  unsigned set = 0, proto;
   const char *p = list;
-  size_t len, i;
+  size_t len;
 
   if (strcmp (list, "none") == 0) {
     *protocols = 0;
@@ -62,17 +53,13 @@ qed_parse_protocols (const char *list, unsigned *protocols)
   }
   for (;;) {
     len = strcspn (p, ",");
-    for (i = 0; i < NPROTOCOLS; i++)
-      if (strlen (protocol_names[i].name) == len &&
-          strncmp (p, protocol_names[i].name, len) == 0)
-        break;
-    if (i == NPROTOCOLS) {
+    if ((proto = net_proto_lookup (p, len, false)) == 0) {
       qed_log (QED_LOG_ERROR, "protocol list %s: unknown protocol '%.*s'"
                " (file, nbd, nbds, nbd+unix, nbds+unix, http, https, or"
                " none alone)", list, (int) len, p);
       return -EINVAL;
     }
-    set |= protocol_names[i].proto;
+    set |= proto;
     if (p[len] == '\0')
       break;
     p += len + 1;
@@ -81,13 +68,69 @@ qed_parse_protocols (const char *list, unsigned *protocols)
   return 0;
 }
 
-static const char *
-protocol_name (unsigned proto)
+/* A number of seconds for key, from 1 to MAX_TIMEOUT. */
+static int
+parse_timeout (const struct qed_number_parsers *parsers, const char *key,
+               const char *value, unsigned *seconds)
 {
-  for (size_t i = 0; i < NPROTOCOLS; i++)
-    if (protocol_names[i].proto == proto)
-      return protocol_names[i].name;
-  return "?";
+  if (parsers->parse_unsigned (key, value, seconds) == -1)
+    return -EINVAL;
+  if (*seconds < 1 || *seconds > MAX_TIMEOUT) {
+    qed_log (QED_LOG_ERROR, "%s must be from 1 to %d seconds, not %s", key,
+             MAX_TIMEOUT, value);
+    return -EINVAL;
+  }
+  return 0;
+}
+
+int
+qed_net_parse_option (struct qed_net_options *options,
+                      const struct qed_number_parsers *parsers,
+                      const char *key, const char *value)
+{
+  if (strcmp (key, "backing-protocols") == 0) {
+    if (qed_parse_protocols (value, &options->protocols) < 0) {
+      qed_log (QED_LOG_ERROR, "backing-protocols=%s: not a list of"
+               " protocols", value);
+      return -EINVAL;
+    }
+  }
+  else if (strcmp (key, "backing-timeout") == 0) {
+    if (parse_timeout (parsers, key, value, &options->timeout) < 0)
+      return -EINVAL;
+  }
+  else if (strcmp (key, "backing-connect-timeout") == 0) {
+    if (parse_timeout (parsers, key, value, &options->connect_timeout) < 0)
+      return -EINVAL;
+  }
+  else if (strcmp (key, "backing-connections") == 0) {
+    if (parsers->parse_unsigned (key, value,
+                                 &options->max_connections) == -1)
+      return -EINVAL;
+    if (options->max_connections < 1 || options->max_connections > 8) {
+      qed_log (QED_LOG_ERROR, "backing-connections must be from 1 to 8,"
+               " not %s", value);
+      return -EINVAL;
+    }
+  }
+  else if (strcmp (key, "backing-cache-size") == 0) {
+    int64_t size = parsers->parse_size (value);
+
+    if (size == -1) {
+      qed_log (QED_LOG_ERROR, "backing-cache-size=%s: not a size (a number"
+               " with an optional k, M, G suffix)", value);
+      return -EINVAL;
+    }
+    if (size > MAX_CACHE_SIZE) {
+      qed_log (QED_LOG_ERROR, "backing-cache-size must be at most 16G,"
+               " not %s", value);
+      return -EINVAL;
+    }
+    options->cache_size = size;
+  }
+  else
+    return 0;
+  return 1;
 }
 
 static int
@@ -128,11 +171,11 @@ net_resolve (const struct qed_opener *opener, const char *name,
   if ((proto & no->options.protocols) == 0) {
     if (strcmp (name, canonical) == 0)
       qed_log (QED_LOG_ERROR, "backing file %s: protocol %s is not allowed"
-               " (backing-protocols=)", name, protocol_name (proto));
+               " (backing-protocols=)", name, net_proto_name (proto));
     else
       qed_log (QED_LOG_ERROR, "backing file %s (%s): protocol %s is not"
                " allowed (backing-protocols=)", name, canonical,
-               protocol_name (proto));
+               net_proto_name (proto));
     free (canonical);
     return -EPERM;
   }

@@ -44,6 +44,31 @@ struct qed_net_options {
                                  * 0: none */
 };
 
+/* backing-cache-size='s default. */
+#define QED_NET_DEFAULT_CACHE_SIZE (64 * 1024 * 1024)
+
+/* How a front end parses numbers, reporting its own errors and
+ * returning -1 on one: nbdkit's plugin and filter pass
+ * nbdkit_parse_unsigned and nbdkit_parse_size, so that their messages
+ * are nbdkit's.
+ */
+struct qed_number_parsers {
+  int (*parse_unsigned) (const char *what, const char *str, unsigned *r);
+  int64_t (*parse_size) (const char *str);
+};
+
+/* Parse key=value into *options when key is one of the parameters
+ * that set them, as nbdkit's plugin and filter spell them:
+ * backing-protocols=, backing-timeout=, backing-connect-timeout=,
+ * backing-connections= and backing-cache-size=.  1 when key is one of
+ * them and value is good, 0 when key is none of them (nothing is
+ * changed), -EINVAL when value is not good (reported by parsers, or
+ * else through qed_log).
+ */
+int qed_net_parse_option (struct qed_net_options *options,
+                          const struct qed_number_parsers *parsers,
+                          const char *key, const char *value);
+
 /* Parse a comma-separated list of protocol names (file, nbd, nbds,
  * nbd+unix, nbds+unix, http, https; "none" for the empty set) into
  * *protocols.  An unknown name is reported through qed_log, naming it,

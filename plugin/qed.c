@@ -30,13 +30,6 @@
  */
 #define IDLE_MS 5000
 
-/* backing-cache-size=: the default, and the most it may be. */
-#define DEFAULT_BACKING_CACHE (64 * 1024 * 1024)
-#define MAX_BACKING_CACHE (INT64_C (16) * 1024 * 1024 * 1024)
-
-/* backing-timeout= and backing-connect-timeout=: at most an hour. */
-#define MAX_TIMEOUT 3600
-
 /* NBD's usual largest request; the preferred size is the cluster size. */
 #define MAX_REQUEST (32 * 1024 * 1024)
 
@@ -71,8 +64,15 @@ static bool snapshot;
  */
 static struct qed_net_options net_options = {
   .protocols = QED_PROTO_ALL,
-  .cache_size = DEFAULT_BACKING_CACHE,
+  .cache_size = QED_NET_DEFAULT_CACHE_SIZE,
 };
+
+/* Numbers in backing-*= parsed, and reported, by nbdkit. */
+static const struct qed_number_parsers nbdkit_parsers = {
+  .parse_unsigned = nbdkit_parse_unsigned,
+  .parse_size = nbdkit_parse_size,
+};
+
 static struct qed_opener *opener;
 
 static struct qed_image *image;         /* file= */
@@ -132,20 +132,6 @@ static bool
 names_protocol (const char *value)
 {
   return value[strcspn (value, ":/")] == ':';
-}
-
-/* A number of seconds for key, from 1 to MAX_TIMEOUT. */
-static int
-parse_timeout (const char *key, const char *value, unsigned *seconds)
-{
-  if (nbdkit_parse_unsigned (key, value, seconds) == -1)
-    return -1;
-  if (*seconds < 1 || *seconds > MAX_TIMEOUT) {
-    nbdkit_error ("%s must be from 1 to %d seconds, not %s", key,
-                  MAX_TIMEOUT, value);
-    return -1;
-  }
-  return 0;
 }
 
 /* key=value as an absolute path in *path, replacing any earlier one
@@ -254,41 +240,10 @@ qed_config (const char *key, const char *value)
     else if (absolute_path (key, value, &backing) == -1)
       return -1;
   }
-  else if (strcmp (key, "backing-protocols") == 0) {
-    if (qed_parse_protocols (value, &net_options.protocols) < 0) {
-      nbdkit_error ("backing-protocols=%s: not a list of protocols", value);
+  else if ((r = qed_net_parse_option (&net_options, &nbdkit_parsers, key,
+                                      value)) != 0) {
+    if (r < 0)
       return -1;
-    }
-  }
-  else if (strcmp (key, "backing-timeout") == 0) {
-    if (parse_timeout (key, value, &net_options.timeout) == -1)
-      return -1;
-  }
-  else if (strcmp (key, "backing-connect-timeout") == 0) {
-    if (parse_timeout (key, value, &net_options.connect_timeout) == -1)
-      return -1;
-  }
-  else if (strcmp (key, "backing-connections") == 0) {
-    if (nbdkit_parse_unsigned (key, value,
-                               &net_options.max_connections) == -1)
-      return -1;
-    if (net_options.max_connections < 1 || net_options.max_connections > 8) {
-      nbdkit_error ("backing-connections must be from 1 to 8, not %s",
-                    value);
-      return -1;
-    }
-  }
-  else if (strcmp (key, "backing-cache-size") == 0) {
-    int64_t size = nbdkit_parse_size (value);
-
-    if (size == -1)
-      return -1;
-    if (size > MAX_BACKING_CACHE) {
-      nbdkit_error ("backing-cache-size must be at most 16G, not %s",
-                    value);
-      return -1;
-    }
-    net_options.cache_size = size;
   }
   else if (strcmp (key, "backing-format") == 0) {
     if (strcmp (value, "raw") != 0 && strcmp (value, "qed") != 0) {

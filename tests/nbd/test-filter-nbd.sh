@@ -25,10 +25,7 @@ requires qemu-nbd --version
 cd "$tmpdir"
 
 for cluster in 4096 65536; do
-    img=mixed-$cluster.qed
-    mixed_image "$img" "$cluster"
-    sum=$(sha256sum < "$img")
-    start_nbdkit plugin -r "$plugin" "$img"
+    serve_mixed_image "$cluster"
 
     # nbdkit file: the raw bytes of the .qed file.
     start_nbdkit inner -r file "$img"

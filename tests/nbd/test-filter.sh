@@ -24,11 +24,7 @@ requires qemu-io --version
 cd "$tmpdir"
 
 for cluster in 4096 65536; do
-    img=mixed-$cluster.qed
-    mixed_image "$img" "$cluster"
-    sum=$(sha256sum < "$img")
-
-    start_nbdkit plugin -r "$plugin" "$img"
+    serve_mixed_image "$cluster"
     start_nbdkit filter --filter="$filter" file "$img"
     same_export "$uri_filter" "$uri_plugin"
     # The map has every kind of extent (so the comparison meant

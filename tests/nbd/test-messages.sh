@@ -38,6 +38,8 @@ for size in 1P 500T 1E; do
 done
 must_refuse_start "l2-cache-size=garbage: not a size" \
     disk.qed l2-cache-size=garbage
+must_refuse_start "backing-cache-size=garbage: not a size" \
+    disk.qed backing-cache-size=garbage
 must_refuse_start "l2-cache-size=1K: less than the minimum, 64K" \
     disk.qed l2-cache-size=1K
 for key in allow-backing locking snapshot; do
