@@ -38,6 +38,7 @@ qed_packages=(
     perl                        # pod2man, podchecker
     clang
     libclang-rt-dev             # libFuzzer, for the fuzzers
+    systemd                     # systemd-socket-activate, systemd-analyze
 )
 
 qed_log ()
