@@ -28,6 +28,7 @@ qed_packages=(
     nbdkit-plugin-dev
     libnbd-dev
     libnbd-bin                  # nbdinfo, nbdcopy, nbdsh
+    python3                     # the tests' helpers, make-malformed.py
     python3-libnbd              # the nbd module that nbdsh runs
     qemu-utils                  # qemu-img, qemu-io, qemu-nbd
     fio
@@ -39,6 +40,8 @@ qed_packages=(
     clang
     libclang-rt-dev             # libFuzzer, for the fuzzers
     systemd                     # systemd-socket-activate, systemd-analyze
+    debhelper                   # the Debian package (scripts/package.sh)
+    lintian
 )
 
 qed_log ()

@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# nbdkit-qed: build the Debian package, nbdkit-plugin-qed, check it with
+# lintian, install it and check what is installed.
+# SPDX-License-Identifier: LGPL-2.1-or-later
+#
+#   scripts/package.sh [--install]
+#
+# On Debian 12 (or later), as root or through sudo:
+#  1. installs what is missing (scripts/setup.sh's list) with apt-get;
+#  2. copies the source tree (the files git knows, as they are in the
+#     work tree) to $BUILD_DIR/package/nbdkit-qed-VERSION and runs
+#     dpkg-buildpackage -us -uc -b there; the test suite runs at build
+#     time unless DEB_BUILD_OPTIONS has nocheck (scripts/test.sh sets
+#     it in CI, where the suite has just run);
+#  3. runs lintian, which must report no error and no warning;
+#  4. installs the package with apt-get and checks the installed files:
+#     "nbdkit qed" loads the plugin from nbdkit's plugin directory,
+#     qed-img runs, the man pages, the units and the service's user are
+#     there, and the service's command line (from the installed unit
+#     and /etc/default/nbdkit-qed), run as that user under
+#     systemd-socket-activate, serves an image in /var/lib/nbdkit-qed;
+#  5. purges the package again, unless --install: then it stays
+#     installed.
+# The .deb stays in $BUILD_DIR/package (default: build/package).
+
+set -e -u -o pipefail
+
+keep=
+case ${1:-} in
+    --install) keep=yes ;;
+    '') ;;
+    -h|--help) sed -n '2,/^$/s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "package: unknown argument: $1 (see --help)" >&2; exit 1 ;;
+esac
+
+# shellcheck source=scripts/setup.sh
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+srcdir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+builddir=${BUILD_DIR:-$srcdir/build}
+mkdir -p "$builddir" && builddir=$(cd "$builddir" && pwd)
+export PATH=/usr/bin:/usr/sbin:/bin:/sbin:$PATH
+
+log ()
+{
+    echo "package: $*" >&2
+}
+fail ()
+{
+    log "FAILED: $*"
+    exit 1
+}
+
+sudo=()
+[ "$(id -u)" -eq 0 ] || sudo=(sudo)
+# Another apt-get may hold the lock for a while: wait for it.
+apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive
+     apt-get -q -y -o DPkg::Lock::Timeout=600)
+
+#----------------------------------------------------------------------
+# What the build needs: setup.sh's list, which has every Build-Depends.
+
+qed_install_packages
+
+for p in $(sed -n '/^Build-Depends:/,/^[A-Z]/p' "$srcdir/debian/control" |
+           sed -e '1s/^Build-Depends://' -e '/^#/d' -e '/^[A-Z]/d' |
+           tr ',' '\n' | sed -n 's/^ *\([a-z0-9][a-z0-9.+-]*\).*/\1/p'); do
+    case $p in
+        debhelper-compat|dh-sequence-*) p=debhelper ;;
+    esac
+    printf '%s\n' "${qed_packages[@]}" | grep -qx "$p" ||
+        fail "debian/control Build-Depends $p, which scripts/setup.sh does not list"
+done
+
+version=$(sed -n 's/^AC_INIT(\[nbdkit-qed\], *\[\([^]]*\)\].*/\1/p' \
+              "$srcdir/configure.ac")
+[ -n "$version" ] || fail "no version in configure.ac"
+deb_version=$(cd "$srcdir" && dpkg-parsechangelog -S Version)
+[ "$deb_version" = "$version" ] ||
+    fail "debian/changelog is at $deb_version, configure.ac at $version: add an entry (dch -v $version)"
+arch=$(dpkg --print-architecture)
+
+#----------------------------------------------------------------------
+# Build, from a copy of the tree.
+
+pkgdir=$builddir/package
+tree=$pkgdir/nbdkit-qed-$version
+rm -rf "$pkgdir"
+mkdir -p "$tree"
+if git -C "$srcdir" rev-parse --git-dir >/dev/null 2>&1; then
+    (cd "$srcdir" &&
+     git ls-files -z --cached --others --exclude-standard |
+         while IFS= read -r -d '' f; do
+             [ -e "$f" ] && printf '%s\0' "$f"
+         done |
+         tar --null -T - -cf -) | tar -xf - -C "$tree"
+else
+    # A release tarball: everything but builds.
+    (cd "$srcdir" && tar --exclude=./build --exclude=./.git -cf - .) |
+        tar -xf - -C "$tree"
+fi
+
+log "dpkg-buildpackage -us -uc -b in $tree" \
+    "(DEB_BUILD_OPTIONS=${DEB_BUILD_OPTIONS:-}; log: $pkgdir/build.log)"
+if ! (cd "$tree" && dpkg-buildpackage -us -uc -b) > "$pkgdir/build.log" 2>&1
+then
+    tail -n 100 "$pkgdir/build.log"
+    fail "dpkg-buildpackage (the whole log: $pkgdir/build.log)"
+fi
+deb=$pkgdir/nbdkit-plugin-qed_${version}_$arch.deb
+changes=$pkgdir/nbdkit-qed_${version}_$arch.changes
+[ -f "$deb" ] || fail "no $deb"
+[ -f "$changes" ] || fail "no $changes"
+dpkg-deb --info "$deb"
+dpkg-deb --contents "$deb"
+
+#----------------------------------------------------------------------
+# lintian: no error, no warning.
+
+log "lintian $changes"
+if ! lintian --fail-on error,warning "$changes"; then
+    fail "lintian found errors or warnings"
+fi
+
+#----------------------------------------------------------------------
+# Install, and check what is installed.
+
+log "installing $deb"
+"${apt[@]}" install --reinstall "$deb" > "$pkgdir/install.log" 2>&1 || {
+    cat "$pkgdir/install.log"
+    fail "apt-get install $deb"
+}
+purge ()
+{
+    [ -z "$keep" ] || return 0
+    log "purging nbdkit-plugin-qed"
+    "${apt[@]}" purge nbdkit-plugin-qed > "$pkgdir/purge.log" 2>&1 || {
+        cat "$pkgdir/purge.log"
+        log "apt-get purge nbdkit-plugin-qed failed"
+        return 1
+    }
+}
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/qedpkg.XXXXXX")
+sa_pid=
+image=
+finish ()
+{
+    local status=$?
+    [ -z "$sa_pid" ] || { kill "$sa_pid" 2>/dev/null; wait "$sa_pid"; } || true
+    [ -z "$image" ] || rm -f "$image"
+    rm -rf "$tmp"
+    purge || status=1
+    exit $status
+}
+trap finish EXIT
+
+plugindir=$(pkg-config --variable=plugindir nbdkit)
+dpkg -L nbdkit-plugin-qed > "$tmp/files"
+for f in "$plugindir/nbdkit-qed-plugin.so" /usr/bin/qed-img \
+         /usr/share/man/man1/nbdkit-qed-plugin.1.gz \
+         /usr/share/man/man1/qed-img.1.gz \
+         /lib/systemd/system/nbdkit-qed.socket \
+         /lib/systemd/system/nbdkit-qed.service \
+         /etc/default/nbdkit-qed \
+         /usr/lib/sysusers.d/nbdkit-qed.conf \
+         /usr/lib/tmpfiles.d/nbdkit-qed.conf; do
+    grep -qx "$f" "$tmp/files" || fail "the package lacks $f"
+    [ -e "$f" ] || fail "$f is not installed"
+done
+if grep '\.la$' "$tmp/files"; then
+    fail "the package has a libtool archive"
+fi
+
+# The plugin, by its name, from nbdkit's plugin directory (not a build
+# tree: the copy above is the only build this script made).
+nbdkit qed --dump-plugin > "$tmp/dump"
+cat "$tmp/dump"
+grep -qx "path=$plugindir/nbdkit-qed-plugin.so" "$tmp/dump" ||
+    fail "nbdkit qed does not load $plugindir/nbdkit-qed-plugin.so"
+grep -qx "name=qed" "$tmp/dump" || fail "nbdkit qed --dump-plugin: no name=qed"
+[ "$(command -v qed-img)" = /usr/bin/qed-img ] || fail "qed-img is not /usr/bin/qed-img"
+qed-img --version
+qed-img --version | grep -qF "$version" ||
+    log "note: qed-img --version does not say $version"
+
+# The service's user and the directory of its images.
+getent passwd nbdkit-qed || fail "no user nbdkit-qed"
+[ "$(stat -c '%U:%G %a' /var/lib/nbdkit-qed)" = "nbdkit-qed:nbdkit-qed 750" ] ||
+    fail "/var/lib/nbdkit-qed: $(stat -c '%U:%G %a' /var/lib/nbdkit-qed)"
+systemctl is-enabled nbdkit-qed.socket 2>/dev/null | grep -qx enabled &&
+    fail "nbdkit-qed.socket is enabled by installing the package"
+
+# The installed service's command line, with the installed defaults,
+# as its user: ExecStart's $NAME words are the variables' values split
+# at spaces (tests/nbd/test-socket-activation.sh checks the same line
+# in the source tree in detail).
+unit=/lib/systemd/system/nbdkit-qed.service
+exec_line=$(sed -n 's/^ExecStart=//p' "$unit")
+read -r -a words <<< "$exec_line"
+declare -A vars=()
+for a in $(sed -n 's/^Environment=//p' "$unit"); do vars[${a%%=*}]=${a#*=}; done
+while IFS= read -r line; do
+    case $line in ''|'#'*) continue ;; esac
+    vars[${line%%=*}]=${line#*=}
+done < /etc/default/nbdkit-qed
+argv=()
+for w in "${words[@]}"; do
+    if [[ $w =~ ^\$([A-Za-z_][A-Za-z0-9_]*)$ ]]; then
+        # shellcheck disable=SC2206 # split at spaces, as systemd
+        argv+=(${vars[${BASH_REMATCH[1]}]-})
+    else
+        argv+=("$w")
+    fi
+done
+argv=(setpriv --reuid=nbdkit-qed --regid=nbdkit-qed --init-groups
+      "${argv[0]}" -v "${argv[@]:1}")
+image=/var/lib/nbdkit-qed/package-check-$$.qed
+setpriv --reuid=nbdkit-qed --regid=nbdkit-qed --init-groups \
+    qed-img create -q "$image" 64M
+sock=$tmp/nbdkit-qed.sock
+log "serving: systemd-socket-activate -l $sock -- ${argv[*]}"
+systemd-socket-activate -l "$sock" -- "${argv[@]}" 2> "$tmp/serve.log" &
+sa_pid=$!
+for (( i=0; i < 100; i++ )); do
+    [ -S "$sock" ] && break
+    sleep 0.1
+done
+export_uri="nbd+unix:///${image##*/}?socket=$sock"
+nbdinfo --list "nbd+unix:///?socket=$sock" | grep -F "export=\"${image##*/}\"" ||
+    { cat "$tmp/serve.log"; fail "the service does not list ${image##*/}"; }
+qemu-io -f raw -c 'write -P 0x51 0 1M' -c 'flush' "$export_uri" ||
+    { cat "$tmp/serve.log"; fail "writing through the service"; }
+qemu-io -f raw -c 'read -P 0x51 0 1M' "$export_uri" ||
+    { cat "$tmp/serve.log"; fail "reading through the service"; }
+grep -q "nbdkit: debug: using socket activation" "$tmp/serve.log" ||
+    { cat "$tmp/serve.log"; fail "nbdkit did not use the socket passed"; }
+kill "$sa_pid"
+status=0
+wait "$sa_pid" || status=$?
+sa_pid=
+[ $status = 0 ] || { cat "$tmp/serve.log"; fail "nbdkit exited with status $status"; }
+qed-img check "$image" || fail "qed-img check $image"
+rm -f "$image"
+image=
+
+if [ -n "$keep" ]; then
+    log "installed: $(dpkg-query -W nbdkit-plugin-qed)"
+    log "serve with: systemctl enable --now nbdkit-qed.socket (README: Running as a service)"
+else
+    log "package checked: $deb"
+fi
