@@ -9,7 +9,7 @@
 #  1. installs what is missing (scripts/setup.sh's list) with apt-get;
 #  2. copies the source tree (the files git knows, as they are in the
 #     work tree) to $BUILD_DIR/package/nbdkit-qed-VERSION and runs
-#     dpkg-buildpackage -us -uc -b there; the test suite runs at build
+#     dpkg-buildpackage -us -uc -b -jauto there; the suite runs at build
 #     time unless DEB_BUILD_OPTIONS has nocheck (scripts/test.sh sets
 #     it in CI, where the suite has just run);
 #  3. runs lintian, which must report no error and no warning;
@@ -61,14 +61,26 @@ apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive
 
 qed_install_packages
 
-for p in $(sed -n '/^Build-Depends:/,/^[A-Z]/p' "$srcdir/debian/control" |
-           sed -e '1s/^Build-Depends://' -e '/^#/d' -e '/^[A-Z]/d' |
-           tr ',' '\n' | sed -n 's/^ *\([a-z0-9][a-z0-9.+-]*\).*/\1/p'); do
-    case $p in
-        debhelper-compat|dh-sequence-*) p=debhelper ;;
-    esac
+# The two lists agree: every Build-Depends is in setup.sh's list, and
+# every package there is a Build-Depends or one of these, which the
+# package build does not need (debhelper brings autoconf, automake and
+# libtool; build-essential is implied; lintian is this script's).
+not_build_depends=(build-essential autoconf automake libtool valgrind
+                   clang libclang-rt-dev lintian)
+build_depends=$(sed -n '/^Build-Depends:/,/^[A-Z]/p' "$srcdir/debian/control" |
+                sed -e '1s/^Build-Depends://' -e '/^#/d' -e '/^[A-Z]/d' |
+                tr ',' '\n' |
+                sed -n 's/^ *\([a-z0-9][a-z0-9.+-]*\).*/\1/p' |
+                sed -e 's/^debhelper-compat$/debhelper/' \
+                    -e 's/^dh-sequence-.*/debhelper/' | sort -u)
+for p in $build_depends; do
     printf '%s\n' "${qed_packages[@]}" | grep -qx "$p" ||
         fail "debian/control Build-Depends $p, which scripts/setup.sh does not list"
+done
+for p in "${qed_packages[@]}"; do
+    echo "$build_depends" | grep -qx "$p" ||
+        printf '%s\n' "${not_build_depends[@]}" | grep -qx "$p" ||
+        fail "scripts/setup.sh lists $p, which debian/control's Build-Depends lacks (add it there, with <!nocheck> if only the tests need it, or to not_build_depends in scripts/package.sh)"
 done
 
 version=$(sed -n 's/^AC_INIT(\[nbdkit-qed\], *\[\([^]]*\)\].*/\1/p' \
@@ -101,7 +113,7 @@ fi
 
 log "dpkg-buildpackage -us -uc -b in $tree" \
     "(DEB_BUILD_OPTIONS=${DEB_BUILD_OPTIONS:-}; log: $pkgdir/build.log)"
-if ! (cd "$tree" && dpkg-buildpackage -us -uc -b) > "$pkgdir/build.log" 2>&1
+if ! (cd "$tree" && dpkg-buildpackage -us -uc -b -jauto) > "$pkgdir/build.log" 2>&1
 then
     tail -n 100 "$pkgdir/build.log"
     fail "dpkg-buildpackage (the whole log: $pkgdir/build.log)"
