@@ -4,40 +4,62 @@
 #
 #   bench/bench.sh [PLUGIN]
 #
-# Runs the same fio workloads (fio's nbd engine, over a Unix socket)
-# against three servers:
+# Runs the same workloads (fio's nbd engine, or bench/nbd-writer for
+# writes with FUA, over a Unix socket) against three servers:
 #   ours      nbdkit + PLUGIN on a QED image
-#   qemu-nbd  qemu-nbd -f qed -e 8 --cache=writeback --aio=threads -t,
+#   qemu-nbd  qemu-nbd -f qed -e 64 --cache=writeback --aio=threads -t,
 #             on the same kind of QED image
 #   raw-file  nbdkit's file plugin on a raw file (the ceiling)
+# then, in the direct section, the same workloads with O_DIRECT
+# against qemu-nbd's two ways of doing it:
+#   ours-direct        ours with cache=none
+#   qemu-nbd-native    qemu-nbd --cache=none --aio=native
+#   qemu-nbd-io_uring  qemu-nbd --cache=none --aio=io_uring (skipped,
+#                      and the report says so, where QEMU cannot)
 # then times nbdcopy of a half-allocated image, the open of a 1 TiB
 # sparse and a 16 GiB allocated image, resident memory (idle, and
 # under random load on a 1 TiB image), and the check of the images
-# (our tests/nbd/qedcheck against qemu-img check).
+# (our tests/nbd/qedcheck against qemu-img check).  bench/scale.sh
+# measures the open, first read and memory of much larger images.
 #
 # Each workload runs RUNS times with the servers interleaved (in a
-# rotating order), each run on its own new image: empty for the
-# allocating workloads, else with its first FILL_SIZE bytes written
-# sequentially through the same server just before.  The report gives
-# medians, the ratios ours/qemu-nbd and ours/raw-file (higher is
-# better for ours), the targets, and the server's CPU time per request.
-# It goes to stdout and to OUT.  Not part of make check.
+# rotating order), each run on its own new image and a new server,
+# with the page cache dropped before the server starts (as root):
+# empty for the allocating workloads, else with its first FILL_SIZE
+# bytes written sequentially through the same server just before.
+# The report names the file system, and gives medians: throughput and
+# the ratios ours/qemu-nbd and ours/raw-file (higher is better for
+# ours) with the targets; the latency percentiles of the workloads that
+# keep one request in flight; the server's peak RSS (VmHWM) and CPU
+# time per request.  It goes to stdout and to OUT.  Not part of make
+# check.
 #
 # Environment, besides those described in bench/common.sh (PLUGIN,
-# BUILD_DIR, BENCH_DIR, RT, FILL_SIZE, SEQ_ALLOC_SIZE, RAND_ALLOC_SIZE,
-# CLUSTER_SIZE):
+# BUILD_DIR, BENCH_DIR, DROP_CACHES, ALLOC_IOS, RT, FILL_SIZE,
+# SEQ_ALLOC_SIZE, RAND_ALLOC_SIZE, CLUSTER_SIZE):
 #   RUNS        runs per workload and server [3]
 #   MEM_RT      seconds of random load for the memory test [20]
-#   SECTIONS    any of: fio copy open mem check [all]
-#   WORKLOADS   fio workloads [all]: seqwrite1m-alloc seqread1m
-#               randread4k randwrite4k-inplace randwrite4k-alloc
-#               randrw4k-4conn randwrite64k-alloc-4conn
-#   SERVERS     any of: ours qemu-nbd raw-file [all]
+#   SECTIONS    any of: fio direct copy open mem check [fio copy open
+#               mem check]
+#   WORKLOADS   workloads [all]: seqwrite1m-alloc seqread1m randread4k
+#               randwrite4k-inplace randwrite4k-alloc randread4k-4conn
+#               randrw4k-4conn randwrite64k-alloc-4conn alloc4k-fsync1
+#               alloc4k-fua-qd16 journal64k randrw70-qd1 randrw4k-64conn
+#               (see workload in common.sh)
+#   SERVERS     any of: ours qemu-nbd raw-file [all three]; for the
+#               fio, copy, open and mem sections
+#   DIRECT_WORKLOADS  workloads of the direct section [WORKLOADS]
+#   DIRECT_SERVERS    any of: ours-direct qemu-nbd-native
+#               qemu-nbd-io_uring [all three]
 #   OUT         where the report is also written [bench/results-latest.txt]
 #   WARM_UP_MIB MiB written and deleted before measuring [8192]
 #
 # Needs nbdkit, qemu-img, qemu-nbd, qemu-io, fio (nbd engine), nbdinfo,
-# nbdcopy, jq and make.  About 15 minutes with the defaults.
+# nbdcopy, jq and make.  See the README for how long it takes.
+
+# Lists of servers, workloads and a run's numbers are words in strings,
+# split on purpose:
+# shellcheck disable=SC2046,SC2086,SC2206
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=bench/common.sh
@@ -49,80 +71,52 @@ MEM_RT=${MEM_RT:-20}
 SECTIONS=${SECTIONS:-fio copy open mem check}
 WORKLOADS=${WORKLOADS:-$ALL_WORKLOADS}
 SERVERS=${SERVERS:-ours qemu-nbd raw-file}
+DIRECT_WORKLOADS=${DIRECT_WORKLOADS:-$WORKLOADS}
+DIRECT_SERVERS=${DIRECT_SERVERS:-ours-direct qemu-nbd-native qemu-nbd-io_uring}
 OUT=${OUT:-$here/results-latest.txt}
 CLK_TCK=$(getconf CLK_TCK)
 
 #----------------------------------------------------------------------
-# Statistics and the report.
-
-# median of the numbers given (ignores words that are not numbers).
-median ()
-{
-    printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g |
-        awk '{ v[NR] = $1 }
-             END { if (NR == 0) print "";
-                   else if (NR % 2) print v[(NR + 1) / 2];
-                   else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-# ratio A B [FORMAT]: A / B, "-" when either is missing.
-ratio ()
-{
-    awk -v a="$1" -v b="$2" -v f="${3:-%.2f}" \
-        'BEGIN { if (a == "" || b == "" || b + 0 == 0) print "-";
-                 else printf f, a / b }'
-}
-
-# ge A B: is A >= B (as numbers)?  False when A is "-" or empty.
-ge () { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "-" && a != "" && a + 0 >= b + 0) }'; }
-
-fmt ()
-{
-    awk -v v="$1" 'BEGIN { if (v == "") print "fail";
-                           else if (v + 0 >= 100) printf "%.0f", v;
-                           else printf "%.1f", v }'
-}
+# The report.
 
 report=$dir/report.txt
 : >"$report"
 say () { echo "$*" | tee -a "$report"; }
 
-# The rotating order of the servers for run number $1.
-order ()
-{
-    local -a s=($SERVERS)
-    local n=${#s[@]} i
-    for ((i = 0; i < n; i++)); do
-        echo "${s[((i + $1) % n)]}"
-    done
-}
-
-declare -A R        # R[workload,server] = the value of every run
-declare -A C        # C[workload,server] = server CPU per request, every run
-declare -A UNIT CUNIT
+# Per workload and server, the values of every run: R throughput, C
+# server CPU per request, H the server's VmHWM (MiB), P50 P99 P999
+# latency percentiles (us).
+declare -A R C H P50 P99 P999
+declare -A UNIT CUNIT QD1
 results=()          # workloads in the order they ran
 
-# record WORKLOAD SERVER "VALUE CPU"
+# record WORKLOAD SERVER "VALUE CPU [HWM [P50 P99 P99.9]]": a failed
+# run is "fail" in every array, a number not measured "-".
 record ()
 {
-    local v= c=
-    set -- "$1" "$2" $3
-    [ -n "${3:-}" ] && v=$(awk -v v="$3" 'BEGIN { printf "%.1f", v }')
-    [ -n "${4:-}" ] && c=$(awk -v v="$4" 'BEGIN { printf "%.1f", v }')
-    R[$1,$2]="${R[$1,$2]:-} ${v:-fail}"
-    C[$1,$2]="${C[$1,$2]:-} ${c:-fail}"
-    has "${results[*]:-}" "$1" || results+=("$1")
+    local w=$1 s=$2 v n=-
+    set -- $3
+    v=$(awk -v v="${1:-}" 'BEGIN { if (v != "") printf "%.1f", v }')
+    [ -n "$v" ] || n=fail
+    R[$w,$s]="${R[$w,$s]:-} ${v:-fail}"
+    C[$w,$s]="${C[$w,$s]:-} ${2:-$n}"
+    H[$w,$s]="${H[$w,$s]:-} ${3:-$n}"
+    P50[$w,$s]="${P50[$w,$s]:-} ${4:-$n}"
+    P99[$w,$s]="${P99[$w,$s]:-} ${5:-$n}"
+    P999[$w,$s]="${P999[$w,$s]:-} ${6:-$n}"
+    has "${results[*]:-}" "$w" || results+=("$w")
 }
 
-# interleave WORKLOAD WHAT MEASURE...: RUNS runs of every server, in
-# the rotating order; "MEASURE... SERVER RUN" prints "VALUE CPU" (WHAT
-# says in which units, for the log), which is recorded.
+# interleave WORKLOAD WHAT SERVERS MEASURE...: RUNS runs of every
+# server of SERVERS, in the rotating order; "MEASURE... SERVER RUN"
+# prints "VALUE CPU [HWM P50 P99 P99.9]" (WHAT says in which units,
+# for the log), which is recorded.
 interleave ()
 {
-    local w=$1 what=$2 r s v
-    shift 2
+    local w=$1 what=$2 servers=$3 r s v
+    shift 3
     for ((r = 0; r < RUNS; r++)); do
-        for s in $(order "$r"); do
+        for s in $(order "$r" $servers); do
             v=$("$@" "$s" "$r")
             log "$w run $((r + 1)) $s: ${v:-FAILED} ($what)"
             record "$w" "$s" "$v"
@@ -131,14 +125,15 @@ interleave ()
 }
 
 #----------------------------------------------------------------------
-# fio workloads.
+# Workloads.
 
-# measure_fio WORKLOAD SERVER [RUN]: prints "VALUE CPU" (VALUE in the
-# workload's unit, CPU the server's microseconds per request), or
-# nothing on failure.
+# measure_fio WORKLOAD SERVER [RUN]: prints "VALUE CPU HWM P50 P99
+# P99.9" (VALUE in the workload's unit, CPU the server's microseconds
+# per request, HWM its peak RSS in MiB, the latency percentiles in
+# microseconds), or nothing on failure.
 measure_fio ()
 {
-    local w=$1 s=$2 out t0 t1
+    local w=$1 s=$2 out t0 t1 hwm t rm0
 
     workload "$w"
     prepare_image "$s" || return 1
@@ -146,16 +141,23 @@ measure_fio ()
     t0=$(cpu_ticks "$server_pid")
     out=$(run_workload)
     t1=$(cpu_ticks "$server_pid")
+    hwm=$(mem_of "$server_pid")
     stop_server
+    # On a file system mounted with discard, this is where an
+    # allocating run's many extents cost (see ALLOC_IOS).
+    rm0=$(now_ns)
     rm -f "$img"
+    t=$(( ($(now_ns) - rm0) / 1000000 ))
+    [ "$t" -lt 2000 ] || log "removing the image of $w on $s took $t ms"
     [ -n "$out" ] || return 1
     set -- $out
     case $unit in
         IOPS) echo -n "$1" ;;
         *)    echo -n "$2" ;;
     esac
-    awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$3" \
-        'BEGIN { printf " %.2f\n", (n > 0 ? t / hz * 1e6 / n : 0) }'
+    awk -v t=$((t1 - t0)) -v hz="$CLK_TCK" -v n="$3" -v h="${hwm#* }" \
+        -v p="$4 $5 $6" \
+        'BEGIN { printf " %.2f %s %s\n", (n > 0 ? t / hz * 1e6 / n : 0), h, p }'
 }
 
 # The most the machine was busy, in a 2-second sample with nothing of
@@ -168,15 +170,41 @@ sample_others ()
     [ "$b" -gt "$OTHERS_BUSY" ] && OTHERS_BUSY=$b
 }
 
-run_fio_section ()
+# run_workloads "WORKLOADS" "SERVERS"
+run_workloads ()
 {
     local w
-    for w in $WORKLOADS; do
+    for w in $1; do
         sample_others
         workload "$w"
+        [ "$tool" = nbd-writer ] && ensure_built bench/nbd-writer
         UNIT[$w]=$unit
         CUNIT[$w]="us/req"
-        interleave "$w" "$unit, server us/request" measure_fio "$w"
+        [ "$qd" = 1 ] && [ "$nj" = 1 ] && QD1[$w]=1
+        interleave "$w" "$unit, server us/request, peak RSS MiB, p50 p99 p99.9 us" \
+            "$2" measure_fio "$w"
+    done
+}
+
+# The direct section's servers: those of DIRECT_SERVERS that serve
+# here, in DIRECT_USABLE.  QEMU built without io_uring (or a kernel
+# that refuses it) cannot serve with --aio=io_uring: that server is
+# left out, and DIRECT_NOTES says why, for the report.
+find_direct_servers ()
+{
+    local s
+    DIRECT_USABLE="" DIRECT_NOTES=""
+    for s in $DIRECT_SERVERS; do
+        mkimg "$s" "$dir/probe.img" 64M
+        if start_server "$s" "$dir/probe.img" 2>"$dir/probe.err" &&
+           nbdcopy "$uri" - >/dev/null 2>>"$dir/probe.err"; then
+            DIRECT_USABLE="$DIRECT_USABLE $s"
+        else
+            DIRECT_NOTES="$DIRECT_NOTES  $s left out: it does not serve here ($(tail -n 1 "$dir/probe.err"))
+"
+        fi
+        stop_server
+        rm -f "$dir/probe.img"
     done
 }
 
@@ -198,10 +226,10 @@ make_half_images ()
     qemu-img convert -f qed -O raw "$dir/half.qed" "$dir/half.raw"
 }
 
-# measure_copy SERVER RUN: prints "MiB/s CPU-ms" of one nbdcopy.
+# measure_copy SERVER RUN: prints "MiB/s CPU-ms HWM" of one nbdcopy.
 measure_copy ()
 {
-    local s=$1 run=$2 img t0 t1 c0 c1 dst=$dir/copy-out.raw
+    local s=$1 run=$2 img t0 t1 c0 c1 hwm dst=$dir/copy-out.raw
     case $s in
         raw-file) img=$dir/half.raw ;;
         *)        img=$dir/half.qed ;;
@@ -216,6 +244,7 @@ measure_copy ()
     fi
     t1=$(now_ns)
     c1=$(cpu_ticks "$server_pid")
+    hwm=$(mem_of "$server_pid")
     stop_server
     # The first run of each server also checks the copy.
     if [ "$run" = 0 ] && ! cmp "$dst" "$dir/half.raw" >&2; then
@@ -224,7 +253,8 @@ measure_copy ()
     fi
     rm -f "$dst"
     awk -v t="$((t1 - t0))" -v c=$((c1 - c0)) -v hz="$CLK_TCK" \
-        'BEGIN { printf "%.1f %.0f\n", 4096 / (t / 1e9), c / hz * 1000 }'
+        -v h="${hwm#* }" \
+        'BEGIN { printf "%.1f %.0f %s\n", 4096 / (t / 1e9), c / hz * 1000, h }'
 }
 
 run_copy_section ()
@@ -234,79 +264,177 @@ run_copy_section ()
     sample_others
     UNIT[$w]=MiB/s
     CUNIT[$w]="ms/copy"
-    interleave "$w" "MiB/s, server CPU ms" measure_copy
+    interleave "$w" "MiB/s, server CPU ms, peak RSS MiB" "$SERVERS" measure_copy
     rm -f "$dir"/half.*
 }
 
 #----------------------------------------------------------------------
-# The fio and nbdcopy tables.
+# The tables, one set per section (servers).  In each, the first of
+# the servers whose name begins with "ours" is compared with each of
+# the others.
 
 # Target: minimum ratio to qemu-nbd, and to raw-file (or nothing).
 target_of ()
 {
     case $1 in
-        seqwrite1m-alloc)          echo "1.5" ;;
-        randwrite4k-alloc)         echo "5" ;;
-        randwrite64k-alloc-4conn)  echo "1" ;;
-        *)                         echo "1 0.9" ;;   # reads, in place
+        seqwrite1m-alloc)          echo "1.5 0.9" ;;
+        randwrite4k-alloc)         echo "5 0.9" ;;
+        *)                         echo "1 0.9" ;;
     esac
 }
 
+# Short names for the columns.
+label ()
+{
+    case $1 in
+        ours-direct)       echo ours-dir ;;
+        qemu-nbd)          echo qemu ;;
+        qemu-nbd-native)   echo q-native ;;
+        qemu-nbd-io_uring) echo q-uring ;;
+        raw-file)          echo raw ;;
+        *)                 echo "$1" ;;
+    esac
+}
+
+# medof ARRAY KEY: the median of the runs in ARRAY[KEY].
+medof ()
+{
+    local -n a=$1
+    median ${a[$2]:-}
+}
+
+# row WORKLOAD UNIT VALUE...: a line of a table, each VALUE in a column
+# of its own, but those beginning with @ (free text) after two spaces.
+row ()
+{
+    local line v
+    line=$(printf "%-25s %-7s" "$1" "$2")
+    shift 2
+    for v in "$@"; do
+        if [ "${v#@}" = "$v" ]; then
+            line="$line$(printf " %9s" "$v")"
+        else
+            line="$line  ${v#@}"
+        fi
+    done
+    say "$line"
+}
+
+# compare_row ARRAY WORKLOAD LABEL UNIT KIND: the row of WORKLOAD in a
+# table of ARRAY (R, C, H, P50, P99 or P999), headed LABEL: the median
+# of each server ($me, then each of refs), the ratios of $me's to each,
+# and for KIND "higher" (throughput: at least target_of times each) or
+# "lower" (at most each qemu-nbd's) whether $me meets the target.
+compare_row ()
+{
+    local arr=$1 w=$2 label=$3 unit=$4 kind=$5 s m r rt tq tr pass=PASS vals=()
+    m=$(medof "$arr" "$w,$me")
+    vals=("$(fmt "$m")")
+    for s in "${refs[@]}"; do vals+=("$(fmt "$(medof "$arr" "$w,$s")")"); done
+    [ -n "$m" ] || pass=FAIL
+    set -- $(target_of "$w")
+    tq=$1 tr=$2
+    for s in "${refs[@]}"; do
+        r=$(medof "$arr" "$w,$s")
+        vals+=("$(ratio "$m" "$r")")
+        case $kind,$s in
+            higher,raw-file) rt=$tr ;;
+            higher,*)        rt=$tq ;;
+            lower,qemu-nbd*) rt= ;;
+            *)               continue ;;
+        esac
+        # Nothing to compare with: say so rather than pass or fail.
+        if [ -z "$r" ]; then
+            [ "$pass" = PASS ] && pass="PASS?"
+        # Compare unrounded ratios: 0.896 is not >= 0.9.
+        elif [ -n "$rt" ] && ! ge "$(ratio "$m" "$r" %.6f)" "$rt"; then
+            pass=FAIL
+        elif [ -z "$rt" ] && ! ge "$r" "$m"; then
+            pass=FAIL
+        fi
+    done
+    case $kind in
+        higher)
+            has "${refs[*]}" raw-file || tr=
+            vals+=("@$(printf '%-23s' ">=${tq}x qemu${tr:+, >=${tr}x raw}")" "@$pass") ;;
+        lower)  vals+=("@$pass") ;;
+    esac
+    row "$label" "$unit" "${vals[@]}"
+}
+
+# print_tables "SERVERS" "WORKLOADS": the tables of those workloads
+# that ran on those servers.  The first server whose name begins with
+# "ours" ($me) is compared with each of the others (refs).
 print_tables ()
 {
-    local w s o q rw oq or tq tr pass tgt
-    local f="%-25s %-7s %9s %9s %9s %9s %9s  %-21s %s\n"
+    local me="" refs=() ws=() head=() w s any=""
 
-    say "Throughput, medians of $RUNS runs (RT=${RT}s each, servers interleaved);"
+    for s in $1; do
+        if [ -z "$me" ] && [ "${s#ours}" != "$s" ]; then
+            me=$s
+        else
+            refs+=("$s")
+        fi
+    done
+    if [ -z "$me" ]; then
+        me=${refs[0]}
+        refs=("${refs[@]:1}")
+    fi
+    for w in $2; do
+        [ -n "${R[$w,$me]:-}" ] && ws+=("$w")
+    done
+    [ ${#ws[@]} -gt 0 ] || return 0
+    for s in $me "${refs[@]}"; do head+=("$(label "$s")"); done
+    for s in "${refs[@]}"; do head+=("/$(label "$s")"); done
+    for w in "${ws[@]}"; do [ -n "${QD1[$w]:-}" ] && any=1; done
+
+    say "Throughput, medians of $RUNS runs (RT=${RT}s each, servers interleaved) on"
+    say "$(fs_of_dir), $(caches_note);"
     say "higher is better.  Others' load before each workload: at most ${OTHERS_BUSY}% CPU."
-    say "$(printf "$f" workload unit ours qemu-nbd raw-file ours/qemu ours/raw target result)"
-    for w in "${results[@]}"; do
-        o=$(median ${R[$w,ours]:-})
-        q=$(median ${R[$w,qemu-nbd]:-})
-        rw=$(median ${R[$w,raw-file]:-})
-        oq=$(ratio "$o" "$q")
-        or=$(ratio "$o" "$rw")
-        set -- $(target_of "$w")
-        tq=$1 tr=${2:-}
-        pass=PASS
-        # Nothing to compare with: say so rather than pass or fail.
-        if { has "$SERVERS" qemu-nbd && [ -z "$q" ]; } ||
-           { [ -n "$tr" ] && has "$SERVERS" raw-file && [ -z "$rw" ]; }; then
-            pass="PASS?"
-        fi
-        # Compare unrounded ratios: 0.896 is not >= 0.9.
-        if [ -n "$q" ] && ! ge "$(ratio "$o" "$q" %.6f)" "$tq"; then
-            pass=FAIL
-        fi
-        if [ -n "$tr" ] && [ -n "$rw" ] &&
-           ! ge "$(ratio "$o" "$rw" %.6f)" "$tr"; then
-            pass=FAIL
-        fi
-        [ -n "$o" ] || pass=FAIL
-        tgt=">=${tq}x qemu"
-        [ -n "$tr" ] && tgt="$tgt, >=${tr}x raw"
-        say "$(printf "$f" "$w" "${UNIT[$w]}" "$(fmt "$o")" "$(fmt "$q")" \
-               "$(fmt "$rw")" "$oq" "$or" "$tgt" "$pass")"
+    say "Ratios: $(label "$me") / each.  Targets: >= 1x every qemu-nbd (more where"
+    say "named)$(has "${refs[*]}" raw-file && echo ", >= 0.9x raw-file")."
+    row workload unit "${head[@]}" "@$(printf '%-23s' target)" @result
+    for w in "${ws[@]}"; do
+        compare_row R "$w" "$w" "${UNIT[$w]}" higher
+    done
+
+    if [ -n "$any" ]; then
+        say ""
+        say "Latency of the workloads with one request in flight: completion latency"
+        say "of the reads and writes (flushes not counted), medians of the runs'"
+        say "p50, p99 and p99.9, in us; LOWER is better.  Ratios: $(label "$me") / each."
+        say "Target: p99 <= every qemu-nbd's."
+        row workload pct "${head[@]}" @result
+        for w in "${ws[@]}"; do
+            [ -n "${QD1[$w]:-}" ] || continue
+            compare_row P50 "$w" "$w" p50 none
+            compare_row P99 "$w" "" p99 lower
+            compare_row P999 "$w" "" p99.9 none
+        done
+    fi
+
+    say ""
+    say "Peak RSS of the server (VmHWM, MiB), medians; lower is better."
+    say "Ratios: $(label "$me") / each.  Target: <= every qemu-nbd's."
+    row workload unit "${head[@]}" @result
+    for w in "${ws[@]}"; do
+        compare_row H "$w" "$w" MiB lower
     done
 
     say ""
     say "Server CPU time (user + system, all threads) per request, medians;"
     say "lower is better (nbdcopy: CPU milliseconds for the whole copy):"
-    f="%-25s %-7s %9s %9s %9s %9s %9s\n"
-    say "$(printf "$f" workload unit ours qemu-nbd raw-file ours/qemu ours/raw)"
-    for w in "${results[@]}"; do
-        o=$(median ${C[$w,ours]:-})
-        q=$(median ${C[$w,qemu-nbd]:-})
-        rw=$(median ${C[$w,raw-file]:-})
-        say "$(printf "$f" "$w" "${CUNIT[$w]}" "$(fmt "$o")" "$(fmt "$q")" \
-               "$(fmt "$rw")" "$(ratio "$o" "$q")" "$(ratio "$o" "$rw")")"
+    row workload unit "${head[@]}"
+    for w in "${ws[@]}"; do
+        compare_row C "$w" "$w" "${CUNIT[$w]}" none
     done
 
     say ""
-    say "Every run, in order (throughput | server CPU per request):"
-    for w in "${results[@]}"; do
-        for s in $SERVERS; do
-            say "  $(printf "%-25s %-9s" "$w" "$s")${R[$w,$s]:-} |${C[$w,$s]:-}"
+    say "Every run, in order (throughput | server CPU per request | peak RSS MiB"
+    say "| p99 us):"
+    for w in "${ws[@]}"; do
+        for s in $me "${refs[@]}"; do
+            say "  $(printf "%-25s %-17s" "$w" "$s")${R[$w,$s]:-} |${C[$w,$s]:-} |${H[$w,$s]:-} |${P99[$w,$s]:-}"
         done
     done
 }
@@ -318,23 +446,21 @@ big=$dir/big-1t
 full=$dir/full-16g
 
 # The 1 TiB sparse image, and a 16 GiB image whose every cluster is
-# allocated: 4 KiB written at the start of each cluster through our
-# server (QED counts the cluster allocated; the host file is sparse).
-# raw-file gets sparse raw files of the same sizes.
+# allocated, made by bench/qed-allocated: its tables map every cluster,
+# its data is a hole of the host file (written through a server, it
+# would cost a data extent per cluster, minutes to delete on a file
+# system mounted with discard).  raw-file gets sparse raw files of the
+# same sizes.
 make_open_images ()
 {
-    local out
     if [ ! -f "$big.qed" ]; then
         mkimg ours "$big.qed" 1T && mkimg raw-file "$big.raw" 1T || return 1
     fi
     if [ ! -f "$full.qed" ]; then
-        mkimg ours "$full.qed" 16G && mkimg raw-file "$full.raw" 16G ||
-            return 1
-        start_server ours "$full.qed" || return 1
-        out=$("$here/fio-nbd.sh" "$uri" "write:$((CLUSTER_BYTES - 4096))" \
-                  4K 16 1 16G 3600) || { stop_server; return 1; }
-        stop_server
-        log "allocated every cluster of $full.qed (${out%% *} writes/s)"
+        ensure_built bench/qed-allocated
+        "$BUILD_DIR/bench/qed-allocated" -c "$CLUSTER_BYTES" \
+            $((16 << 30)) "$full.qed" >/dev/null &&
+            mkimg raw-file "$full.raw" 16G || return 1
     fi
 }
 
@@ -410,15 +536,6 @@ run_open_section ()
     done
 }
 
-# ensure_built PROGRAM: make the build tree's PROGRAM (e.g.
-# tests/nbd/qedcheck, a check program) if it is not there.
-ensure_built ()
-{
-    [ -x "$BUILD_DIR/$1" ] ||
-        make -C "$BUILD_DIR/$(dirname "$1")" "$(basename "$1")" >/dev/null ||
-        die "cannot build $BUILD_DIR/$1"
-}
-
 # check_times IMAGE: qedcheck and qemu-img check on IMAGE, RUNS times
 # each, interleaved; prints the lines of the report.
 check_times ()
@@ -451,21 +568,30 @@ run_mem_section ()
 {
     local s img out line pass
     say ""
+    local cap=()
+    # A cap of ALLOC_IOS requests still touches every L2 table of the
+    # 1 TiB (512 of them with 64 KiB clusters) many times over.
+    [ "$ALLOC_IOS" -gt 0 ] && cap=(--number_ios=$((ALLOC_IOS / 4)))
+    say ""
     say "Memory under load: fio randrw 4K, 4 connections x qd16, over the whole 1 TiB"
-    say "  of a new sparse image for ${MEM_RT}s (most writes allocate); VmHWM = peak RSS:"
+    say "  of a new sparse image for ${MEM_RT}s$([ "$ALLOC_IOS" -gt 0 ] && echo " or $ALLOC_IOS requests") (most writes"
+    say "  allocate), on $(fs_of_dir); VmHWM = peak RSS:"
     for s in $SERVERS; do
         case $s in raw-file) img=$dir/mem.raw ;; *) img=$dir/mem.qed ;; esac
         mkimg "$s" "$img" 1T || continue
         start_server "$s" "$img" || continue
-        out=$("$here/fio-nbd.sh" "$uri" randrw 4K 16 4 1T "$MEM_RT" --time_based)
+        out=$("$here/fio-nbd.sh" "$uri" randrw 4K 16 4 1T "$MEM_RT" --time_based \
+                  "${cap[@]}")
         set -- $(mem_of "$server_pid")
         stop_server
         line="  $(printf "%-9s" "$s") VmRSS at end $1 MiB, VmHWM $2 MiB, $(fmt "${out%% *}") IOPS, image $(du -m "$img" | cut -f1) MiB on disk"
-        if [ "$s" = ours ]; then
-            MEM_HWM=$2
-            if ge 64 "$2"; then pass=PASS; else pass=FAIL; fi
-            line="$line; target <= 64 MiB: $pass"
-        fi
+        case $s in
+            ours)
+                MEM_HWM=$2
+                if ge 64 "$2"; then pass=PASS; else pass=FAIL; fi
+                line="$line; target <= 64 MiB: $pass" ;;
+            qemu-nbd) MEM_HWM_QEMU=$2 ;;
+        esac
         say "$line"
         # Keep ours' image for the check below.
         [ "$s" = ours ] && has "$SECTIONS" check && mv "$img" "$dir/mem-ours.qed"
@@ -493,14 +619,26 @@ run_check_section ()
 
 say "nbdkit-qed benchmark, $(date -u '+%Y-%m-%d %H:%M UTC'), source $(git -C "$srcdir" describe --always --dirty 2>/dev/null || echo '?')"
 say "$(uname -sr), $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM; $(nbdkit --version | head -n1), $(qemu-nbd --version | head -n1), $(fio --version)"
-say "Images in $dir ($(stat -f -c %T "$dir")), cluster size $CLUSTER_SIZE; plugin $PLUGIN"
+say "Images in $dir: $(fs_of_dir); $(caches_note)"
+say "Cluster size $CLUSTER_SIZE; random allocating runs stop after RT=${RT}s$([ "$ALLOC_IOS" -gt 0 ] && echo " or ALLOC_IOS=$ALLOC_IOS requests"); plugin $PLUGIN"
 say "CPU busy before the start (others' load): $(check_quiet)%; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 say ""
 
 warm_up
-has "$SECTIONS" fio && run_fio_section
+has "$SECTIONS" fio && run_workloads "$WORKLOADS" "$SERVERS"
 has "$SECTIONS" copy && run_copy_section
-[ ${#results[@]} -gt 0 ] && print_tables
+print_tables "$SERVERS" "$WORKLOADS nbdcopy-half4g"
+if has "$SECTIONS" direct; then
+    find_direct_servers
+    run_workloads "$DIRECT_WORKLOADS" "$DIRECT_USABLE"
+    say ""
+    say "Direct I/O (O_DIRECT: the servers bypass the host's page cache):"
+    say "  ours-direct: ours with cache=none; q-native and q-uring: qemu-nbd"
+    say "  --cache=none with --aio=native and --aio=io_uring."
+    [ -n "$DIRECT_NOTES" ] && say "${DIRECT_NOTES%
+}"
+    print_tables "$DIRECT_USABLE" "$DIRECT_WORKLOADS"
+fi
 has "$SECTIONS" open && run_open_section
 has "$SECTIONS" mem && run_mem_section
 has "$SECTIONS" check && run_check_section
@@ -516,12 +654,16 @@ if [ -n "${OPEN_MS[1 TiB sparse]:-}${MEM_HWM:-}" ]; then
         if ge 64 "$MEM_HWM"; then pass=PASS; else pass=FAIL; fi
         say "Target: resident memory <= 64 MiB serving 1 TiB under random load: VmHWM $MEM_HWM MiB: $pass"
     fi
+    if [ -n "${MEM_HWM:-}" ] && [ -n "${MEM_HWM_QEMU:-}" ]; then
+        if ge "$MEM_HWM_QEMU" "$MEM_HWM"; then pass=PASS; else pass=FAIL; fi
+        say "Target: that peak RSS <= qemu-nbd's ($MEM_HWM_QEMU MiB): $MEM_HWM MiB: $pass"
+    fi
 fi
 
 say ""
 say "CPU busy after the end (others' load): $(check_quiet)%; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
-for s in ours qemu-nbd raw-file; do
+for s in $ALL_SERVERS; do
     if [ -s "$dir/$s.log" ]; then
         log "$s wrote to its log ($dir/$s.log), most frequent lines:"
         sort "$dir/$s.log" | uniq -c | sort -rn | head -n 5 >&2

@@ -33,7 +33,7 @@ source "$here/common.sh"
 
 [ $# -gt 0 ] || { sed -n '2,/^$/s/^# \{0,1\}//p' "$0" >&2; exit 1; }
 RT=${RT:-5}
-bench_setup
+bench_setup ""
 SERVERS=${SERVERS:-ours raw-file}
 PROFILE_DIR=${PROFILE_DIR:-/tmp/nbdkit-qed-profile}
 TOP=${TOP:-25}
@@ -69,6 +69,7 @@ perf_one ()
     stop_server
     rm -f "$img"
     [ -n "$out" ] || return 1
+    # shellcheck disable=SC2086 # the numbers fio-nbd.sh prints
     set -- $out
     n=$3
     echo "== $w on $s: $(printf '%.0f' "$1") IOPS, $(printf '%.0f' "$2") MiB/s under perf stat; $n requests"

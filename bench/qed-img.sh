@@ -43,7 +43,7 @@ for t in qemu-img qemu-io numfmt; do
 done
 dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/qedimgbench.XXXXXX") || exit 1
 trap 'rm -rf "$dir"' EXIT
-cd "$dir"
+cd "$dir" || exit 1
 
 drop_caches ()
 {

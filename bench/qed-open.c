@@ -4,16 +4,20 @@
  *   qed-open [-n RUNS] IMAGE
  *
  * Opens IMAGE as the plugin does (QED_WRITE_ON_DEMAND, then
- * qed_image_enable_writes as the first writable connection does) and
- * closes it, RUNS times (default 20).  Prints one line:
+ * qed_image_enable_writes as the first writable connection does),
+ * reads 4 KiB in the middle of the disk (the first request: it loads
+ * an L2 table when the image maps anything there) and closes it, RUNS
+ * times (default 20).  Prints one line:
  *
  *   open-ms FIRST MEDIAN enable-ms MEDIAN close-ms MEDIAN rss-kib N
+ *   read-ms FIRST MEDIAN hwm-kib N
  *
- * FIRST is the first open (its reads may miss the page cache), the
- * medians are over all runs, and rss-kib is the process's VmRSS right
- * after the last open (before close), the engine's own memory plus
- * a small C program's.  Built by make (bench/Makefile.am) and run by
- * bench/bench.sh; it is not part of make check.
+ * FIRST is the first open or read (its reads may miss the page cache),
+ * the medians are over all runs, rss-kib is the process's VmRSS right
+ * after the last open (before the read and close), and hwm-kib its
+ * VmHWM (peak RSS) at the end: the engine's own memory plus a small C
+ * program's.  Built by make (bench/Makefile.am) and run by
+ * bench/bench.sh and bench/scale.sh; it is not part of make check.
  */
 
 #include <errno.h>
@@ -48,17 +52,20 @@ median (double *v, int n)
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+/* A field of /proc/self/status in KiB: "VmRSS" or "VmHWM". */
 static long
-vm_rss_kib (void)
+status_kib (const char *field)
 {
   FILE *fp = fopen ("/proc/self/status", "r");
   char line[256];
+  size_t n = strlen (field);
   long kib = -1;
 
   if (fp == NULL)
     return -1;
   while (fgets (line, sizeof line, fp))
-    if (sscanf (line, "VmRSS: %ld", &kib) == 1)
+    if (strncmp (line, field, n) == 0 && line[n] == ':' &&
+        sscanf (line + n + 1, "%ld", &kib) == 1)
       break;
   fclose (fp);
   return kib;
@@ -68,7 +75,9 @@ int
 main (int argc, char **argv)
 {
   struct qed_open_options opts = { .access = QED_WRITE_ON_DEMAND };
-  double *open_ms, *enable_ms, *close_ms, first = 0;
+  double *open_ms, *enable_ms, *read_ms, *close_ms, first = 0;
+  double first_read = 0;
+  static char buf[4096];
   long rss = -1;
   int runs = 20, c;
 
@@ -87,15 +96,17 @@ main (int argc, char **argv)
 
   open_ms = calloc (runs, sizeof *open_ms);
   enable_ms = calloc (runs, sizeof *enable_ms);
+  read_ms = calloc (runs, sizeof *read_ms);
   close_ms = calloc (runs, sizeof *close_ms);
-  if (!open_ms || !enable_ms || !close_ms) {
+  if (!open_ms || !enable_ms || !read_ms || !close_ms) {
     perror ("calloc");
     return 1;
   }
 
   for (int i = 0; i < runs; i++) {
     struct qed_image *img;
-    double t0, t1, t2, t3;
+    double t0, t1, t2, t3, t4;
+    uint64_t middle;
     int r;
 
     t0 = now_ms ();
@@ -112,22 +123,38 @@ main (int argc, char **argv)
       return 1;
     }
     if (i == runs - 1)
-      rss = vm_rss_kib ();
-    r = qed_image_close (img);
+      rss = status_kib ("VmRSS");
+    middle = qed_image_size (img) / 2 / sizeof buf * sizeof buf;
+    if (qed_image_size (img) < sizeof buf) {
+      fprintf (stderr, "qed-open: the image is smaller than 4 KiB\n");
+      return 1;
+    }
+    r = qed_image_read (img, buf, sizeof buf, middle);
     t3 = now_ms ();
+    if (r < 0) {
+      fprintf (stderr, "qed-open: read: %s\n", strerror (-r));
+      return 1;
+    }
+    r = qed_image_close (img);
+    t4 = now_ms ();
     if (r < 0) {
       fprintf (stderr, "qed-open: close: %s\n", strerror (-r));
       return 1;
     }
-    if (i == 0)
+    if (i == 0) {
       first = t1 - t0;
+      first_read = t3 - t2;
+    }
     open_ms[i] = t1 - t0;
     enable_ms[i] = t2 - t1;
-    close_ms[i] = t3 - t2;
+    read_ms[i] = t3 - t2;
+    close_ms[i] = t4 - t3;
   }
 
-  printf ("open-ms %.3f %.3f enable-ms %.3f close-ms %.3f rss-kib %ld\n",
+  printf ("open-ms %.3f %.3f enable-ms %.3f close-ms %.3f rss-kib %ld"
+          " read-ms %.3f %.3f hwm-kib %ld\n",
           first, median (open_ms, runs), median (enable_ms, runs),
-          median (close_ms, runs), rss);
+          median (close_ms, runs), rss, first_read, median (read_ms, runs),
+          status_kib ("VmHWM"));
   return 0;
 }

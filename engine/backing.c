@@ -51,10 +51,22 @@ static const struct {
 
 enum format { FORMAT_RAW, FORMAT_QED };
 
+const char *
+other_format (const unsigned char *buf, size_t n)
+{
+  for (size_t i = 0; i < sizeof other_formats / sizeof other_formats[0]; i++)
+    if (n >= other_formats[i].offset + other_formats[i].len &&
+        memcmp (buf + other_formats[i].offset, other_formats[i].magic,
+                other_formats[i].len) == 0)
+      return other_formats[i].name;
+  return NULL;
+}
+
 int
 qed_probe_file (struct qed_file *file, const char *name, bool *is_qed)
 {
-  unsigned char buf[512];
+  unsigned char buf[OTHER_FORMAT_PROBE_BYTES];
+  const char *format;
   uint64_t size;
   size_t n;
   int r;
@@ -71,14 +83,11 @@ qed_probe_file (struct qed_file *file, const char *name, bool *is_qed)
     return r;
   }
   *is_qed = n >= 4 && memcmp (buf, "QED", 4) == 0;
-  for (size_t i = 0; i < sizeof other_formats / sizeof other_formats[0]; i++)
-    if (n >= other_formats[i].offset + other_formats[i].len &&
-        memcmp (buf + other_formats[i].offset, other_formats[i].magic,
-                other_formats[i].len) == 0) {
-      qed_error ("%s: the file is in %s format; only raw and QED files are"
-                 " supported", name, other_formats[i].name);
-      return -ENOTSUP;
-    }
+  if ((format = other_format (buf, n)) != NULL) {
+    qed_error ("%s: the file is in %s format; only raw and QED files are"
+               " supported", name, format);
+    return -ENOTSUP;
+  }
   return 0;
 }
 
@@ -132,6 +141,20 @@ open_backing (struct qed_image *img, const char *name, const char *format,
       return -ENOTSUP;
     }
     fmt = strcmp (format, "qed") == 0 ? FORMAT_QED : FORMAT_RAW;
+    if (fmt == FORMAT_QED) {
+      bool is_qed;
+
+      /* Said to be QED: if it is not, say it is this backing file that
+       * is not (the header's own message names only the file).
+       */
+      if ((r = qed_probe_file (b->raw, b->path, &is_qed)) < 0)
+        return r;
+      if (!is_qed) {
+        qed_error ("%s: the backing file %s is not a QED image (its format"
+                   " was given as qed)", image_name (img), b->path);
+        return -EINVAL;
+      }
+    }
   }
   else {
     bool is_qed;

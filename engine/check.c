@@ -369,9 +369,12 @@ check_mark_referenced (struct qed_image *img, uint64_t nclusters,
   ck.file_size = ck.alloc_end = ck.file_end;
   r = check_pass (&ck);
   if (r == 0 && (res.corruptions || res.check_errors)) {
-    qed_error ("%s: the image has %" PRIu64 " corruptions and %" PRIu64
-               " unreadable tables: check and repair it first",
-               image_name (img), res.corruptions, res.check_errors);
+    qed_error ("%s: the image has %" PRIu64 " %s and %" PRIu64 " %s: check"
+               " and repair it first", image_name (img), res.corruptions,
+               qed_plural (res.corruptions, "corruption", "corruptions"),
+               res.check_errors, qed_plural (res.check_errors,
+                                             "unreadable table",
+                                             "unreadable tables"));
     r = -EIO;
   }
   return r;
@@ -415,8 +418,10 @@ compact_leaks (struct checker *ck)
   if ((r = img->file->ops->get_size (img->file, &size)) < 0)
     return r;
   if ((why_not = compact_impossible (img, size)) != NULL) {
-    qed_notice ("%s: repair: %" PRIu64 " leaked clusters are left in the"
-                " file: %s", image_name (img), ck->res->leaks, why_not);
+    qed_notice ("%s: repair: %" PRIu64 " %s left in the file: %s",
+                image_name (img), ck->res->leaks,
+                qed_plural (ck->res->leaks, "leaked cluster is",
+                            "leaked clusters are"), why_not);
     return 0;
   }
   if ((r = compact (img, &freed)) < 0)

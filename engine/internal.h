@@ -480,6 +480,12 @@ int image_extents (struct qed_image *img, unsigned depth, uint64_t count,
                    uint64_t offset, chain_extent_fn fn, void *opaque);
 
 /* backing.c */
+/* The name of the format (not QED, not raw) whose magic the file
+ * begins with, from the first bytes in buf; NULL if none is known.
+ * OTHER_FORMAT_PROBE_BYTES are enough.
+ */
+#define OTHER_FORMAT_PROBE_BYTES 512
+const char *other_format (const unsigned char *buf, size_t n);
 int backing_open (struct qed_image *img, const struct qed_open_options *opts,
                   unsigned depth, const uint64_t *chain_ids, size_t nids);
 void backing_close (struct backing *b);

@@ -42,6 +42,12 @@ qed_log (enum qed_log_level level, const char *fmt, ...)
 }
 
 const char *
+qed_plural (uint64_t n, const char *one, const char *many)
+{
+  return n == 1 ? one : many;
+}
+
+const char *
 image_name (const struct qed_image *img)
 {
   return img->path ? img->path : "image";

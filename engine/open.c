@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -51,6 +52,26 @@ log2_of (uint64_t v)
   return 63 - __builtin_clzll (v);
 }
 
+/* A file without QED's magic: when it is an image in a format we know
+ * of, say so, and fail with -EMEDIUMTYPE, so that the caller can say
+ * what serves it.  0 otherwise (the header's validation names the
+ * wrong magic).
+ */
+static int
+not_qed (struct qed_image *img, uint64_t file_size)
+{
+  unsigned char buf[OTHER_FORMAT_PROBE_BYTES];
+  size_t n = file_size < sizeof buf ? file_size : sizeof buf;
+  const char *format;
+
+  if (img->file->ops->pread (img->file, buf, n, 0) < 0 ||
+      (format = other_format (buf, n)) == NULL)
+    return 0;
+  qed_error ("%s: this is a %s image, not a QED image", image_name (img),
+             format);
+  return -EMEDIUMTYPE;
+}
+
 /* Read and validate the header, set up the geometry. */
 static int
 read_header (struct qed_image *img, uint64_t file_size)
@@ -71,6 +92,8 @@ read_header (struct qed_image *img, uint64_t file_size)
     return r;
   }
   qed_header_decode (buf, h);
+  if (h->magic != QED_MAGIC && (r = not_qed (img, file_size)) < 0)
+    return r;
   r = qed_header_validate (h, file_size, msg, sizeof msg);
   if (r < 0) {
     qed_error ("%s: %s", image_name (img), msg);
@@ -127,21 +150,64 @@ whole_image_end (struct qed_image *img)
   gate_open (&img->gate);
 }
 
-static int
+/* The counts that are not zero, in words: "1 corruption, 2 leaked
+ * clusters and 1 unreadable table".
+ */
+static const char *
+describe_counts (char *buf, size_t size, uint64_t corruptions,
+                 uint64_t leaks, uint64_t check_errors)
+{
+  const struct { uint64_t n; const char *one, *many; } counts[] = {
+    { corruptions, "corruption", "corruptions" },
+    { leaks, "leaked cluster", "leaked clusters" },
+    { check_errors, "unreadable table", "unreadable tables" },
+  };
+  size_t len = 0, left = 0;
+
+  for (size_t i = 0; i < 3; i++)
+    left += counts[i].n != 0;
+  buf[0] = '\0';
+  for (size_t i = 0; i < 3 && len < size; i++) {
+    if (counts[i].n == 0)
+      continue;
+    left--;
+    len += snprintf (buf + len, size - len, "%" PRIu64 " %s%s", counts[i].n,
+                     qed_plural (counts[i].n, counts[i].one, counts[i].many),
+                     left > 1 ? ", " : left == 1 ? " and " : "");
+  }
+  return buf;
+}
+
+/* Say what the check found, what the repair (if repaired) did, and
+ * what happens next: they are notices, since the image is served.
+ */
+static void
 report_check (struct qed_image *img, const struct qed_check_result *res,
               bool repaired)
 {
+  char found[128];
+
   if (res->corruptions_fixed || res->leaks_fixed)
-    qed_notice ("%s: repaired the image: fixed %" PRIu64 " corruptions and %"
-                PRIu64 " leaked clusters", image_name (img),
-                res->corruptions_fixed, res->leaks_fixed);
-  if (res->corruptions || res->check_errors)
-    qed_notice ("%s: %" PRIu64 " corruptions and %" PRIu64 " check errors"
-                " remain%s", image_name (img), res->corruptions,
-                res->check_errors, repaired ? "" : " (read-only: not repaired)");
-  else if (!res->corruptions_fixed && !res->leaks_fixed)
+    qed_notice ("%s: repaired the image: fixed %s", image_name (img),
+                describe_counts (found, sizeof found, res->corruptions_fixed,
+                                 res->leaks_fixed, 0));
+  if (repaired) {
+    if (res->corruptions || res->check_errors)
+      qed_notice ("%s: the repair left %s: requests on what they map fail",
+                  image_name (img),
+                  describe_counts (found, sizeof found, res->corruptions, 0,
+                                   res->check_errors));
+  }
+  else if (res->corruptions || res->leaks || res->check_errors)
+    qed_notice ("%s: the check found %s; %s", image_name (img),
+                describe_counts (found, sizeof found, res->corruptions,
+                                 res->leaks, res->check_errors),
+                img->access == QED_WRITE_ON_DEMAND
+                ? "the image will be repaired before the first write"
+                : "it is not repaired: the image is opened read-only");
+  if (!res->corruptions && !res->leaks && !res->check_errors &&
+      !res->corruptions_fixed && !res->leaks_fixed)
     qed_debug ("%s: check found the image consistent", image_name (img));
-  return 0;
 }
 
 int
@@ -152,6 +218,7 @@ image_open (struct qed_file *file, const char *path,
   struct qed_image *img;
   pthread_condattr_t attr;
   uint64_t file_size, *ids;
+  size_t cache_size;
   int r;
 
   img = calloc (1, sizeof *img);
@@ -190,8 +257,11 @@ image_open (struct qed_file *file, const char *path,
   if ((r = read_header (img, file_size)) < 0 ||
       (r = table_load_l1 (img)) < 0)
     goto fail;
-  if (l2_cache_init (&img->cache, opts->l2_cache_size ? opts->l2_cache_size
-                     : DEFAULT_L2_CACHE_SIZE) == -1) {
+  cache_size = opts->l2_cache_size ? opts->l2_cache_size
+    : DEFAULT_L2_CACHE_SIZE;
+  if (l2_cache_init (&img->cache, cache_size) == -1) {
+    qed_error ("%s: cannot allocate an L2 cache of %zu bytes: %s",
+               image_name (img), cache_size, strerror (ENOMEM));
     r = -ENOMEM;
     goto fail;
   }
@@ -225,8 +295,13 @@ image_open (struct qed_file *file, const char *path,
     goto fail;
   }
 
-  if (img->access == QED_READ_WRITE)
+  if (img->access == QED_READ_WRITE) {
     r = qed_image_enable_writes (img);
+    /* The lock's message was a notice: here it ends the open. */
+    if (r == -EBUSY)
+      qed_error ("%s: cannot open the image for writing: it is in use",
+                 image_name (img));
+  }
   else if (img->always_check) {
     struct qed_check_result res;
 
@@ -286,8 +361,13 @@ enable_writes (struct qed_image *img)
   if (img->writes_impossible)
     return -EROFS;
   if (img->access == QED_READ_ONLY || !img->file->writable) {
-    qed_error ("%s: cannot write: the image was opened read-only",
-               image_name (img));
+    /* On demand, writes are wanted if they can be had: the image is
+     * then read, which is no error.
+     */
+    qed_log (img->access == QED_WRITE_ON_DEMAND ? QED_LOG_NOTICE
+             : QED_LOG_ERROR,
+             "%s: cannot write: the image was opened read-only",
+             image_name (img));
     __atomic_store_n (&img->writes_impossible, true, __ATOMIC_RELEASE);
     return -EROFS;
   }
@@ -312,7 +392,8 @@ enable_writes (struct qed_image *img)
     if (past_end > 0)
       qed_notice ("%s: %" PRIu64 " table %s past the end of the file;"
                   " repairing the image before it grows", image_name (img),
-                  past_end, past_end == 1 ? "entry points" : "entries point");
+                  past_end, qed_plural (past_end, "entry points",
+                                        "entries point"));
   }
   if ((h->features & QED_F_NEED_CHECK) || img->always_check || past_end) {
     struct qed_check_result res;

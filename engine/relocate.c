@@ -461,8 +461,10 @@ relocate (struct compaction *c)
   if (moving && (r = move_tables (c)) < 0)
     return r;
 
-  qed_debug ("%s: compacting: moved %" PRIu64 " data clusters and %zu"
-             " tables", image_name (img), c->moved_data, moving);
+  qed_debug ("%s: compacting: moved %" PRIu64 " data %s and %zu %s",
+             image_name (img), c->moved_data,
+             qed_plural (c->moved_data, "cluster", "clusters"), moving,
+             qed_plural (moving, "table", "tables"));
   return 0;
 }
 

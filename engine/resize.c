@@ -395,10 +395,13 @@ shrink (struct qed_image *img, uint64_t new_size)
   if ((r = check_image (img, false, &res)) < 0)
     return r;
   if (res.corruptions || res.check_errors) {
-    qed_error ("%s: cannot shrink the image: it has %" PRIu64 " corruptions"
-               " and %" PRIu64 " unreadable tables: check and repair it"
-               " first", image_name (img), res.corruptions,
-               res.check_errors);
+    qed_error ("%s: cannot shrink the image: it has %" PRIu64 " %s and %"
+               PRIu64 " %s: check and repair it first", image_name (img),
+               res.corruptions,
+               qed_plural (res.corruptions, "corruption", "corruptions"),
+               res.check_errors, qed_plural (res.check_errors,
+                                             "unreadable table",
+                                             "unreadable tables"));
     return -EIO;
   }
 

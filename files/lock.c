@@ -196,9 +196,12 @@ find_holder (int fd, uint64_t byte, char *out, size_t outlen)
   closedir (proc);
 }
 
-/* Check the locks of mode against everybody else's. */
+/* Check the locks of mode against everybody else's; a conflict is
+ * logged at level.
+ */
 static int
-check_conflicts (int fd, const char *path, enum qed_lock_mode mode)
+check_conflicts (int fd, const char *path, enum qed_lock_mode mode,
+                 enum qed_log_level level)
 {
   unsigned h = held (mode), r = refused (mode);
   char holder[128];
@@ -212,7 +215,7 @@ check_conflicts (int fd, const char *path, enum qed_lock_mode mode)
         return e;
       if (locked) {
         find_holder (fd, SHARED_BASE + p, holder, sizeof holder);
-        qed_log (QED_LOG_ERROR, "%s: image is in use: %s does not allow"
+        qed_log (level, "%s: image is in use: %s does not allow"
                  " others the \"%s\" permission (it has the image open,"
                  " and we need that permission to %s it)",
                  path, holder, perm_names[p],
@@ -225,7 +228,7 @@ check_conflicts (int fd, const char *path, enum qed_lock_mode mode)
         return e;
       if (locked) {
         find_holder (fd, PERM_BASE + p, holder, sizeof holder);
-        qed_log (QED_LOG_ERROR, "%s: image is in use: %s holds the \"%s\""
+        qed_log (level, "%s: image is in use: %s holds the \"%s\""
                  " permission (it has the image open for writing)",
                  path, holder, perm_names[p]);
         return -EBUSY;
@@ -254,7 +257,12 @@ qed_lock_apply (int fd, const char *path, enum qed_lock_mode from,
     set_bytes (fd, from);
     return r;
   }
-  r = check_conflicts (fd, path, to);
+  /* A reader refused writes can go on reading: whether that is an
+   * error is for the caller to say.
+   */
+  r = check_conflicts (fd, path, to,
+                       from == QED_LOCK_SHARED && to == QED_LOCK_EXCLUSIVE
+                       ? QED_LOG_NOTICE : QED_LOG_ERROR);
   if (r < 0)
     set_bytes (fd, from);
   return r;

@@ -9,7 +9,9 @@
 
 /* Move fd's locks from mode from to mode to.  Returns 0, or -EBUSY
  * after logging which process's locks conflict (fd is then left in
- * mode from).  Filesystems without OFD locks are used unlocked.
+ * mode from): as a notice when shared locks were to become exclusive
+ * (the caller may go on reading), else as an error.  Filesystems
+ * without OFD locks are used unlocked.
  */
 int qed_lock_apply (int fd, const char *path, enum qed_lock_mode from,
                     enum qed_lock_mode to);

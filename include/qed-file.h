@@ -58,7 +58,9 @@ struct qed_file_ops {
    */
   int (*punch) (struct qed_file *f, uint64_t offset, uint64_t count);
   /* Take or change QEMU-compatible locks; -EBUSY (with a message
-   * naming the holder) when another process's locks conflict.  NULL:
+   * naming the holder: a notice when shared locks were to become
+   * exclusive, since the caller may go on reading, else an error)
+   * when another process's locks conflict.  NULL:
    * the file cannot be locked, and is used without locks.
    */
   int (*lock) (struct qed_file *f, enum qed_lock_mode mode);

@@ -43,6 +43,10 @@ void qed_set_log_function (qed_log_fn fn);
 /* Send a message through it (file layers use it too). */
 void qed_log (enum qed_log_level level, const char *fmt, ...)
   __attribute__ ((format (printf, 2, 3)));
+/* The noun for a count of n in messages: one if n is 1, else many
+ * ("%" PRIu64 " %s", n, qed_plural (n, "entry", "entries")).
+ */
+const char *qed_plural (uint64_t n, const char *one, const char *many);
 
 /* Opening. */
 enum qed_access {
@@ -86,7 +90,9 @@ struct qed_open_options {
 };
 
 /* Open the image of that name (through the opener).  On failure *imgp
- * is untouched and the log has said which field or step was wrong.
+ * is untouched and the log has said which field or step was wrong;
+ * -EMEDIUMTYPE means the file is an image in another format (the log
+ * names it), which the caller may say how to use.
  */
 int qed_image_open (const char *name, const struct qed_open_options *opts,
                     struct qed_image **imgp);

@@ -19,12 +19,13 @@
  * touched on a client's word.  An image that fails to open fails only
  * the connections that name it.
  *
- * Backing files are opened through shared_opener: a file opened
- * read-only (a backing file; an export's own image is opened for
- * writing) is opened once, and every image whose chain holds it gets a
- * reference to that one open file (shared_file), keyed by device and
- * inode too.  Each image still keeps its own tables and caches of a
- * QED backing file.
+ * Backing files are opened through shared_opener, which wraps the
+ * plugin's opener (paths and URIs): a file opened read-only (a
+ * backing file; an export's own image is opened for writing) is
+ * opened once, and every image whose chain holds it gets a reference
+ * to that one open file (shared_file), keyed by its identity (device
+ * and inode, or a network file's URI).  Each image still keeps its
+ * own tables and caches of a QED backing file.
  *
  * Listing the exports reads each image's header with no lock and
  * never writes; opening an image for a connection writes nothing
@@ -99,6 +100,20 @@ struct shared_file {
 
 static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct shared_file *shared_files;       /* under shared_lock */
+/* The plugin's opener, which shared_opener wraps. */
+static const struct qed_opener *inner_opener;
+
+/* The shared file of that identity, or NULL; with shared_lock held. */
+static struct shared_file *
+find_shared (const uint64_t id[2])
+{
+  struct shared_file *sf;
+
+  for (sf = shared_files; sf; sf = sf->next)
+    if (sf->id[0] == id[0] && sf->id[1] == id[1])
+      return sf;
+  return NULL;
+}
 
 static struct qed_file *
 file_of (struct qed_file *f)
@@ -184,8 +199,11 @@ static const struct qed_file_ops shared_ops = {
   .extent = shared_extent,
 };
 
-/* Files opened for writing (the exports' images) are the POSIX
- * opener's own; read-only ones (backing files) are shared.
+/* Files opened for writing (the exports' images) are the inner
+ * opener's own; read-only ones (backing files) are shared.  A file
+ * that stat finds is looked up by device and inode before it is
+ * opened; any other (a URI) is opened, and dropped again for the one
+ * already open when their identities match.
  */
 static int
 shared_open (const struct qed_opener *opener, const char *name,
@@ -195,27 +213,43 @@ shared_open (const struct qed_opener *opener, const char *name,
   struct qed_file *file;
   uint64_t id[2];
   struct stat st;
+  bool found = false;
   int r;
 
   if (flags & QED_OPEN_WRITE)
-    return qed_posix_opener.open (&qed_posix_opener, name, flags, filep);
+    return inner_opener->open (inner_opener, name, flags, filep);
 
   pthread_mutex_lock (&shared_lock);
-  if (stat (name, &st) == 0)
-    for (sf = shared_files; sf; sf = sf->next)
-      if (sf->id[0] == (uint64_t) st.st_dev &&
-          sf->id[1] == (uint64_t) st.st_ino) {
-        sf->refs++;
-        *filep = &sf->base;
-        r = 0;
-        goto out;
-      }
-  r = qed_posix_opener.open (&qed_posix_opener, name, flags, &file);
-  if (r < 0)
+  if (stat (name, &st) == 0) {
+    id[0] = st.st_dev;
+    id[1] = st.st_ino;
+    found = (sf = find_shared (id)) != NULL;
+  }
+  if (!found) {
+    r = inner_opener->open (inner_opener, name, flags, &file);
+    if (r < 0)
+      goto out;
+    if (file->ops->identity == NULL) {
+      *filep = file;            /* cannot be recognised: not shared */
+      goto out;
+    }
+    if ((r = file->ops->identity (file, id)) < 0) {
+      file->ops->close (file);
+      goto out;
+    }
+    if ((sf = find_shared (id)) != NULL) {
+      file->ops->close (file);
+      found = true;
+    }
+  }
+  if (found) {
+    sf->refs++;
+    *filep = &sf->base;
+    r = 0;
     goto out;
-  if ((r = file->ops->identity (file, id)) < 0 ||
-      (sf = calloc (1, sizeof *sf)) == NULL) {
-    r = r < 0 ? r : -ENOMEM;
+  }
+  if ((sf = calloc (1, sizeof *sf)) == NULL) {
+    r = -ENOMEM;
     file->ops->close (file);
     goto out;
   }
@@ -227,6 +261,7 @@ shared_open (const struct qed_opener *opener, const char *name,
   sf->next = shared_files;
   shared_files = sf;
   *filep = &sf->base;
+  r = 0;
  out:
   pthread_mutex_unlock (&shared_lock);
   return r;
@@ -236,7 +271,7 @@ static int
 shared_resolve (const struct qed_opener *opener, const char *name,
                 const char *base, char **resolved)
 {
-  return qed_posix_opener.resolve (&qed_posix_opener, name, base, resolved);
+  return inner_opener->resolve (inner_opener, name, base, resolved);
 }
 
 static const struct qed_opener shared_opener = {
@@ -259,6 +294,7 @@ exports_init (const char *dir, const struct qed_open_options *opts,
     return -1;
   }
   open_opts = *opts;
+  inner_opener = opts->opener;
   open_opts.opener = &shared_opener;
   idle_ms = idle;
   return 0;

@@ -20,7 +20,8 @@
 struct export;
 
 /* Serve the images of the directory dir (an absolute path), each
- * opened with opts when its first connection comes, and marked clean
+ * opened with opts (whose opener finds the images and their backing
+ * files) when its first connection comes, and marked clean
  * after idle_ms without allocating writes.
  */
 int exports_init (const char *dir, const struct qed_open_options *opts,

@@ -16,17 +16,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define NBDKIT_API_VERSION 2
 #include <nbdkit-plugin.h>
 
 #include "qed.h"
+#include "qed-net.h"
 #include "exports.h"
 
 /* Milliseconds without allocating writes before the image is marked
  * clean (QEMU waits 5 seconds too).
  */
 #define IDLE_MS 5000
+
+/* backing-cache-size=: the default, and the most it may be. */
+#define DEFAULT_BACKING_CACHE (64 * 1024 * 1024)
+#define MAX_BACKING_CACHE (INT64_C (16) * 1024 * 1024 * 1024)
+
+/* backing-timeout= and backing-connect-timeout=: at most an hour. */
+#define MAX_TIMEOUT 3600
 
 /* NBD's usual largest request; the preferred size is the cluster size. */
 #define MAX_REQUEST (32 * 1024 * 1024)
@@ -57,7 +66,22 @@ static enum {
  */
 static bool snapshot;
 
+/* How backing files are reached (backing-protocols=, backing-*=), and
+ * the opener that follows it for every image and backing file.
+ */
+static struct qed_net_options net_options = {
+  .protocols = QED_PROTO_ALL,
+  .cache_size = DEFAULT_BACKING_CACHE,
+};
+static struct qed_opener *opener;
+
 static struct qed_image *image;         /* file= */
+
+/* Set when the engine logs an error, so that a failure at start that
+ * it did not explain (out of memory, say) is explained by
+ * say_why_not_ready: nbdkit itself exits without a word.
+ */
+static bool error_logged;
 
 /* nbdkit has errors and debug messages only.  A notice (a repair, a
  * fallback) is no error: it goes to stderr in nbdkit's own format,
@@ -66,6 +90,8 @@ static struct qed_image *image;         /* file= */
 static void
 log_to_nbdkit (enum qed_log_level level, const char *msg)
 {
+  if (level == QED_LOG_ERROR)
+    __atomic_store_n (&error_logged, true, __ATOMIC_RELAXED);
   switch (level) {
   case QED_LOG_DEBUG:
     nbdkit_debug ("%s", msg);
@@ -94,6 +120,92 @@ qed_unload (void)
   free (dir);
   free (default_export);
   free (backing);
+  if (opener)
+    qed_net_opener_free (opener);
+}
+
+/* Whether a backing= value names a protocol (nbd://..., json:...)
+ * rather than a path: as for QEMU, a ':' before any '/'.  The opener
+ * says whether it knows the protocol.
+ */
+static bool
+names_protocol (const char *value)
+{
+  return value[strcspn (value, ":/")] == ':';
+}
+
+/* A number of seconds for key, from 1 to MAX_TIMEOUT. */
+static int
+parse_timeout (const char *key, const char *value, unsigned *seconds)
+{
+  if (nbdkit_parse_unsigned (key, value, seconds) == -1)
+    return -1;
+  if (*seconds < 1 || *seconds > MAX_TIMEOUT) {
+    nbdkit_error ("%s must be from 1 to %d seconds, not %s", key,
+                  MAX_TIMEOUT, value);
+    return -1;
+  }
+  return 0;
+}
+
+/* key=value as an absolute path in *path, replacing any earlier one
+ * (nbdkit changes to / when it daemonizes); the message names the
+ * parameter, where nbdkit_realpath's would name only the file.
+ */
+static int
+absolute_path (const char *key, const char *value, char **path)
+{
+  free (*path);
+  *path = realpath (value, NULL);
+  if (*path == NULL) {
+    nbdkit_error ("%s=%s: %m", key, value);
+    return -1;
+  }
+  return 0;
+}
+
+/* A boolean key=value into *r (1 or 0), with a message naming the
+ * parameter (nbdkit_parse_bool's names only the value).
+ */
+static int
+parse_bool (const char *key, const char *value, int *r)
+{
+  *r = nbdkit_parse_bool (value);
+  if (*r == -1) {
+    nbdkit_error ("%s=%s: not a boolean (true or false)", key, value);
+    return -1;
+  }
+  return 0;
+}
+
+/* l2-cache-size=: at least 64K, and at most the machine's memory,
+ * since the cache is kept in memory: a larger size could never be
+ * used, and sizes such as 1P made its table of buckets impossible to
+ * allocate.
+ */
+static int
+parse_l2_cache_size (const char *value)
+{
+  long pages = sysconf (_SC_PHYS_PAGES), page_size = sysconf (_SC_PAGESIZE);
+
+  l2_cache_size = nbdkit_parse_size (value);
+  if (l2_cache_size == -1) {
+    nbdkit_error ("l2-cache-size=%s: not a size (a number with an optional"
+                  " K, M, G or T suffix, such as 256M)", value);
+    return -1;
+  }
+  if (l2_cache_size < 64 * 1024) {
+    nbdkit_error ("l2-cache-size=%s: less than the minimum, 64K", value);
+    return -1;
+  }
+  if (pages > 0 && page_size > 0 &&
+      (uint64_t) l2_cache_size / page_size > (uint64_t) pages) {
+    nbdkit_error ("l2-cache-size=%s: more than this machine's memory"
+                  " (%" PRIu64 "M)", value,
+                  (uint64_t) pages * page_size / (1024 * 1024));
+    return -1;
+  }
+  return 0;
 }
 
 /* Parse one key=value parameter. */
@@ -108,15 +220,16 @@ qed_config (const char *key, const char *value)
                     " already given)", value);
       return -1;
     }
-    /* Absolute now: nbdkit changes to / when it daemonizes. */
-    filename = nbdkit_realpath (value);
-    if (filename == NULL)
+    if (absolute_path (key, value, &filename) == -1)
       return -1;
   }
   else if (strcmp (key, "dir") == 0) {
-    free (dir);
-    dir = nbdkit_realpath (value);
-    if (dir == NULL)
+    if (dir) {
+      nbdkit_error ("dir=%s: only one directory can be served (dir= was"
+                    " already given)", value);
+      return -1;
+    }
+    if (absolute_path (key, value, &dir) == -1)
       return -1;
   }
   else if (strcmp (key, "default-export") == 0) {
@@ -128,10 +241,54 @@ qed_config (const char *key, const char *value)
     }
   }
   else if (strcmp (key, "backing") == 0) {
-    free (backing);
-    backing = nbdkit_realpath (value);
-    if (backing == NULL)
+    /* A URI as it is; a path absolute now (nbdkit changes to / when
+     * it daemonizes).
+     */
+    if (names_protocol (value)) {
+      free (backing);
+      if ((backing = strdup (value)) == NULL) {
+        nbdkit_error ("strdup: %m");
+        return -1;
+      }
+    }
+    else if (absolute_path (key, value, &backing) == -1)
       return -1;
+  }
+  else if (strcmp (key, "backing-protocols") == 0) {
+    if (qed_parse_protocols (value, &net_options.protocols) < 0) {
+      nbdkit_error ("backing-protocols=%s: not a list of protocols", value);
+      return -1;
+    }
+  }
+  else if (strcmp (key, "backing-timeout") == 0) {
+    if (parse_timeout (key, value, &net_options.timeout) == -1)
+      return -1;
+  }
+  else if (strcmp (key, "backing-connect-timeout") == 0) {
+    if (parse_timeout (key, value, &net_options.connect_timeout) == -1)
+      return -1;
+  }
+  else if (strcmp (key, "backing-connections") == 0) {
+    if (nbdkit_parse_unsigned (key, value,
+                               &net_options.max_connections) == -1)
+      return -1;
+    if (net_options.max_connections < 1 || net_options.max_connections > 8) {
+      nbdkit_error ("backing-connections must be from 1 to 8, not %s",
+                    value);
+      return -1;
+    }
+  }
+  else if (strcmp (key, "backing-cache-size") == 0) {
+    int64_t size = nbdkit_parse_size (value);
+
+    if (size == -1)
+      return -1;
+    if (size > MAX_BACKING_CACHE) {
+      nbdkit_error ("backing-cache-size must be at most 16G, not %s",
+                    value);
+      return -1;
+    }
+    net_options.cache_size = size;
   }
   else if (strcmp (key, "backing-format") == 0) {
     if (strcmp (value, "raw") != 0 && strcmp (value, "qed") != 0) {
@@ -141,21 +298,16 @@ qed_config (const char *key, const char *value)
     backing_format = value;
   }
   else if (strcmp (key, "allow-backing") == 0) {
-    if ((r = nbdkit_parse_bool (value)) == -1)
+    if (parse_bool (key, value, &r) == -1)
       return -1;
     no_backing = !r;
   }
   else if (strcmp (key, "l2-cache-size") == 0) {
-    l2_cache_size = nbdkit_parse_size (value);
-    if (l2_cache_size == -1)
+    if (parse_l2_cache_size (value) == -1)
       return -1;
-    if (l2_cache_size < 64 * 1024) {
-      nbdkit_error ("l2-cache-size must be at least 64K");
-      return -1;
-    }
   }
   else if (strcmp (key, "locking") == 0) {
-    if ((r = nbdkit_parse_bool (value)) == -1)
+    if (parse_bool (key, value, &r) == -1)
       return -1;
     no_locking = !r;
   }
@@ -197,7 +349,7 @@ qed_config (const char *key, const char *value)
     }
   }
   else if (strcmp (key, "snapshot") == 0) {
-    if ((r = nbdkit_parse_bool (value)) == -1)
+    if (parse_bool (key, value, &r) == -1)
       return -1;
     snapshot = r;
   }
@@ -251,6 +403,18 @@ qed_config_complete (void)
   "backing=<FILENAME>       Backing file to use instead of the image's.\n" \
   "backing-format=raw|qed   Format of the backing file.\n" \
   "allow-backing=false      Refuse images that have a backing file.\n" \
+  "backing-protocols=<LIST> How backing files may be reached: file, nbd,\n" \
+  "                         nbds, nbd+unix, nbds+unix, http, https, or\n" \
+  "                         none (default: all).\n" \
+  "backing-timeout=<SECS>   Timeout of one request to a backing server\n" \
+  "                         (default 30).\n" \
+  "backing-connect-timeout=<SECS>\n" \
+  "                         Timeout of a connection to one (default 10).\n" \
+  "backing-connections=<N>  Connections per backing server, 1 to 8\n" \
+  "                         (default 4).\n" \
+  "backing-cache-size=<SIZE>\n" \
+  "                         Read cache per network backing file\n" \
+  "                         (default 64M; 0: none).\n" \
   "l2-cache-size=<SIZE>     Memory for cached L2 tables (default 32M).\n" \
   "locking=false            Take no QEMU-compatible image locks.\n" \
   "check=auto|always        Check (and repair) the image at start always,\n" \
@@ -268,6 +432,9 @@ static void
 qed_dump_plugin (void)
 {
   printf ("qed_backing_files=raw,qed\n");
+  printf ("qed_backing_protocols=file,nbd,nbds,nbd+unix,nbds+unix,http,"
+          "https\n");
+  printf ("qed_backing_legacy_names=nbd:,json:\n");
   printf ("qed_locking=qemu\n");
   printf ("qed_detect_zeroes=off,on,unmap\n");
   printf ("qed_cache=writeback,writethrough,none,unsafe\n");
@@ -280,7 +447,7 @@ qed_dump_plugin (void)
  * The overlay is a file without a name in $TMPDIR, so nothing is left
  * behind however nbdkit ends.  The image is first opened on its own,
  * with the user's options (allow-backing, check), and stays open
- * until the overlay has it.
+ * until the overlay has it.  Returns 0 or a negative errno.
  */
 static int
 open_snapshot (const struct qed_open_options *image_opts)
@@ -289,6 +456,7 @@ open_snapshot (const struct qed_open_options *image_opts)
   struct qed_open_options read_only = *image_opts;
   struct qed_open_options overlay_opts = {
     .access = QED_READ_WRITE,
+    .opener = image_opts->opener,
     .l2_cache_size = image_opts->l2_cache_size,
     .no_locking = image_opts->no_locking,
     .direct = image_opts->direct,
@@ -302,21 +470,40 @@ open_snapshot (const struct qed_open_options *image_opts)
   int r;
 
   read_only.access = QED_READ_ONLY;
-  if (qed_image_open (filename, &read_only, &base) < 0)
-    return -1;
+  if ((r = qed_image_open (filename, &read_only, &base)) < 0)
+    return r;
   create.size = qed_image_size (base);
   create.cluster_size = qed_image_cluster_size (base);
 
   r = qed_posix_tmpfile (tmpdir, &tmp);
   if (r < 0)
-    nbdkit_error ("snapshot: cannot make a temporary file in %s: %s",
-                  tmpdir, strerror (-r));
+    qed_log (QED_LOG_ERROR, "snapshot: cannot make a temporary file in %s:"
+             " %s", tmpdir, strerror (-r));
   else if ((r = qed_create_file (tmp, &create)) < 0)
     tmp->ops->close (tmp);
   else
     r = qed_image_open_file (tmp, "snapshot overlay", &overlay_opts, &image);
   qed_image_close (base);
-  return r < 0 ? -1 : 0;
+  return r;
+}
+
+/* r, the engine's result at start (0 or a negative errno), as
+ * nbdkit's, with a message if the engine failed without logging an
+ * error (no connection has started yet, so any error logged is the
+ * start's).
+ */
+static int
+say_why_not_ready (int r)
+{
+  if (r >= 0)
+    return 0;
+  if (!__atomic_load_n (&error_logged, __ATOMIC_RELAXED))
+    nbdkit_error ("%s: cannot open the image: %s", filename, strerror (-r));
+  if (r == -EMEDIUMTYPE)
+    nbdkit_error ("this plugin serves QED images only: serve it with qemu-nbd"
+                  " (or, if it is qcow2, with nbdkit's qcow2dec filter,"
+                  " nbdkit 1.36 or later)");
+  return -1;
 }
 
 /* Open and validate the image, so a bad one fails at start.  Writes
@@ -336,12 +523,18 @@ qed_get_ready (void)
     .always_check = always_check,
     .direct = cache_mode == CACHE_NONE,
   };
+  int r;
 
+  if ((r = qed_net_opener_new (&net_options, &opener)) < 0) {
+    nbdkit_error ("qed_net_opener_new: %s", strerror (-r));
+    return -1;
+  }
+  opts.opener = opener;
   if (dir)
     return exports_init (dir, &opts, IDLE_MS);
   if (snapshot)
-    return open_snapshot (&opts);
-  return qed_image_open (filename, &opts, &image) < 0 ? -1 : 0;
+    return say_why_not_ready (open_snapshot (&opts));
+  return say_why_not_ready (qed_image_open (filename, &opts, &image));
 }
 
 /* Start the thread that marks the image clean when idle. */
@@ -364,6 +557,22 @@ qed_cleanup (void)
   exports_free ();
 }
 
+/* nbdkit -r (or a filter such as cow) never turns writes on, so an
+ * image not closed cleanly is not repaired: say so, once.
+ */
+static void
+say_not_repaired (void)
+{
+  static bool said;
+  struct qed_image_info info;
+
+  qed_image_get_info (image, &info);
+  if (info.need_check && !__atomic_exchange_n (&said, true, __ATOMIC_RELAXED))
+    qed_log (QED_LOG_NOTICE, "%s: the image was not closed cleanly"
+             " (NEED_CHECK is set) and is served read-only, without checking"
+             " or repairing it", filename);
+}
+
 /* A writable connection turns writes on (write lock, repair) if they
  * are not on yet.  When that fails -- another process holds the image,
  * the file is read-only -- the connection is served read-only, and the
@@ -373,6 +582,7 @@ static void *
 qed_open (int readonly)
 {
   const char *name;
+  int r;
 
   if (dir) {
     name = nbdkit_export_name ();
@@ -389,8 +599,12 @@ qed_open (int readonly)
      */
     return export_get (name);
   }
-  if (!readonly && qed_image_enable_writes (image) < 0)
-    nbdkit_debug ("serving this connection read-only");
+  if (readonly)
+    say_not_repaired ();
+  else if ((r = qed_image_enable_writes (image)) < 0)
+    qed_log (QED_LOG_NOTICE, "%s: serving this connection read-only: %s",
+             filename, r == -EBUSY ? "another process has the image open"
+             : strerror (-r));
   return NBDKIT_HANDLE_NOT_NEEDED;
 }
 

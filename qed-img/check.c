@@ -27,6 +27,10 @@ percent (uint64_t part, uint64_t whole)
   return whole ? 100.0 * part / whole : 0.0;
 }
 
+/* qemu-img check's words, "1 leaked clusters" included: the output
+ * is byte for byte qemu-img's (tests/nbd/test-qed-img.sh compares
+ * them), so it does not use qed_plural.
+ */
 static void
 print_human (const struct qed_check_result *res)
 {

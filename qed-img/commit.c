@@ -66,9 +66,11 @@ cmd_commit (int argc, char **argv)
   if (source_open_flags (&base, info.backing_name,
                          info.backing_raw ? "raw" : NULL, image.name,
                          SOURCE_WRITABLE) != 0) {
+    /* The name is the image's: say it before closing the image. */
+    fail (file, "could not open the backing file %s for writing",
+          info.backing_name);
     source_close (&image);
-    return fail (file, "could not open the backing file %s for writing",
-                 info.backing_name);
+    return 1;
   }
 
   copy = (struct copy) {

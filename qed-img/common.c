@@ -218,6 +218,7 @@ open_image (const char *file, enum qed_access access, bool force_share,
 {
   struct qed_open_options opts = {
     .access = access,
+    .opener = opener,
     .no_locking = force_share,
     .header_only = header_only,
   };

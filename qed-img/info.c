@@ -53,7 +53,7 @@ link_read (struct link *l, const char *filename, const char *format,
   else {
     struct qed_file *file;
 
-    r = qed_posix_opener.open (&qed_posix_opener, filename, 0, &file);
+    r = opener->open (opener, filename, 0, &file);
     if (r < 0)
       return fail (filename, "%s", strerror (-r));
     r = qed_probe_file (file, filename, &l->is_qed);
@@ -76,10 +76,20 @@ link_read (struct link *l, const char *filename, const char *format,
   qed_image_get_info (l->img, &l->qed);
   l->size = l->qed.size;
   if (l->qed.backing_name &&
-      (r = qed_posix_opener.resolve (&qed_posix_opener, l->qed.backing_name,
-                                     filename, &l->full_backing)) < 0)
+      (r = opener->resolve (opener, l->qed.backing_name, filename,
+                            &l->full_backing)) < 0)
     return fail (filename, "%s", strerror (-r));
   return 0;
+}
+
+/* Whether name is reached over the network (the opener's resolved
+ * names there are URIs): qemu-img has no disk size for it, nor a
+ * dirty flag for a raw one.
+ */
+static bool
+is_network (const char *name)
+{
+  return name[strcspn (name, ":/")] == ':';
 }
 
 static void
@@ -93,14 +103,16 @@ print_json (const struct link *l, unsigned depth)
   if (l->is_qed)
     json_member_uint (&j, "cluster-size", l->qed.cluster_size);
   json_member_string (&j, "format", l->is_qed ? "qed" : "raw");
-  json_member_uint (&j, "actual-size", allocated_bytes (l->filename));
+  if (!is_network (l->filename))
+    json_member_uint (&j, "actual-size", allocated_bytes (l->filename));
   if (l->is_qed && l->qed.backing_name) {
     json_member_string (&j, "backing-filename", l->qed.backing_name);
     json_member_string (&j, "full-backing-filename", l->full_backing);
     if (l->qed.backing_raw)
       json_member_string (&j, "backing-filename-format", "raw");
   }
-  json_member_bool (&j, "dirty-flag", l->is_qed && l->qed.need_check);
+  if (l->is_qed || !is_network (l->filename))
+    json_member_bool (&j, "dirty-flag", l->is_qed && l->qed.need_check);
   if (l->is_qed) {
     json_member_uint (&j, "table-size", l->qed.table_size);
     json_member_uint (&j, "features", l->qed.features);
@@ -115,7 +127,8 @@ print_human (const struct link *l)
   printf ("file format: %s\n", l->is_qed ? "qed" : "raw");
   printf ("virtual size: %s (%" PRIu64 " bytes)\n", human_size (l->size),
           l->size);
-  printf ("disk size: %s\n", human_size (allocated_bytes (l->filename)));
+  printf ("disk size: %s\n", is_network (l->filename) ? "unavailable"
+          : human_size (allocated_bytes (l->filename)));
   if (!l->is_qed)
     return;
   printf ("cluster_size: %" PRIu32 "\n", l->qed.cluster_size);

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "qed-net.h"
 #include "qed-img.h"
 
 const struct command commands[] = {
@@ -79,10 +80,15 @@ log_message (enum qed_log_level level, const char *msg)
     fprintf (stderr, "qed-img: %s\n", msg);
 }
 
+const struct qed_opener *opener;
+
 int
 main (int argc, char **argv)
 {
+  const struct qed_net_options net_options = { .protocols = QED_PROTO_ALL };
+  struct qed_opener *net_opener;
   const struct command *c;
+  int r;
 
   if (argc < 2)
     return usage (stderr);
@@ -98,6 +104,11 @@ main (int argc, char **argv)
     return usage (stderr);
   }
   qed_set_log_function (log_message);
+  if ((r = qed_net_opener_new (&net_options, &net_opener)) < 0)
+    return fail (NULL, "%s", strerror (-r));
+  opener = net_opener;
   /* The command's own getopt sees its name as argv[0]. */
-  return c->run (argc - 1, argv + 1);
+  r = c->run (argc - 1, argv + 1);
+  qed_net_opener_free (net_opener);
+  return r;
 }

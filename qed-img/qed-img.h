@@ -24,6 +24,11 @@ struct command {
 /* Every command, for qed-img.c's dispatch and help. */
 extern const struct command commands[];
 
+/* How every command finds images and backing files by name: paths,
+ * and the network protocols of qed-net.h, all of them, as qemu-img.
+ */
+extern const struct qed_opener *opener;
+
 int cmd_create (int argc, char **argv);
 int cmd_info (int argc, char **argv);
 int cmd_check (int argc, char **argv);

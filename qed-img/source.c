@@ -24,7 +24,6 @@ int
 source_open_flags (struct source *src, const char *name, const char *format,
                    const char *relative_to, unsigned flags)
 {
-  const struct qed_opener *opener = &qed_posix_opener;
   bool writable = flags & SOURCE_WRITABLE;
   enum qed_lock_mode mode = writable ? QED_LOCK_EXCLUSIVE : QED_LOCK_SHARED;
   bool is_qed;
@@ -54,6 +53,7 @@ source_open_flags (struct source *src, const char *name, const char *format,
   if (is_qed) {
     struct qed_open_options opts = {
       .access = writable ? QED_READ_WRITE : QED_READ_ONLY,
+      .opener = opener,
       .no_locking = (flags & (SOURCE_NO_LOCKS | SOURCE_UNLOCKED_CHAIN)) != 0,
     };
 
@@ -97,7 +97,6 @@ int
 source_create (struct source *src, const char *name, const char *format,
                const struct qed_create_options *opts)
 {
-  const struct qed_opener *opener = &qed_posix_opener;
   uint64_t size = (opts->size + 511) & ~UINT64_C (511);
   int r;
 

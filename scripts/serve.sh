@@ -31,7 +31,16 @@ port=${PORT:-10809}
 
 # shellcheck source=scripts/setup.sh
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-qed_setup
+# Quiet: the installation's and the build's output go to a log, shown
+# only when they fail, so that the banner below is what one sees.
+log=$(mktemp "${TMPDIR:-/tmp}/nbdkit-qed-build.XXXXXX")
+echo "serve: installing what is missing and building (log: $log)" >&2
+if ! qed_setup > "$log" 2>&1; then
+    cat "$log" >&2
+    echo "serve: the build failed; its output is above and in $log" >&2
+    exit 1
+fi
+rm -f "$log"
 
 # nbdsh and qemu tools: Debian's, not another python3 earlier on PATH.
 export PATH=/usr/bin:$PATH

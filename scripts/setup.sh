@@ -26,11 +26,15 @@ qed_packages=(
     pkg-config
     nbdkit
     nbdkit-plugin-dev
-    libnbd-dev
+    libnbd-dev                  # NBD backing files; the C tests
+    libcurl4-openssl-dev        # HTTP(S) backing files
     libnbd-bin                  # nbdinfo, nbdcopy, nbdsh
     python3                     # the tests' helpers, make-malformed.py
     python3-libnbd              # the nbd module that nbdsh runs
     qemu-utils                  # qemu-img, qemu-io, qemu-nbd
+    qemu-block-extra            # qemu-img's curl driver: http(s) backing files
+    lighttpd                    # the web server of the HTTP tests
+    lighttpd-mod-openssl        # its HTTPS
     fio
     jq
     strace                      # tests count system calls
@@ -91,9 +95,7 @@ qed_build ()
     jobs=$(nproc 2>/dev/null || echo 2)
     if [ ! -x "$srcdir/configure" ] || [ ! -f "$srcdir/Makefile.in" ]; then
         qed_log "autoreconf -fi in $srcdir"
-        # m4/ is generated (and not in git): make it so aclocal does
-        # not warn that it is missing.
-        (cd "$srcdir" && mkdir -p m4 && autoreconf -fi) || return 1
+        (cd "$srcdir" && autoreconf -fi) || return 1
     fi
     mkdir -p "$builddir" || return 1
     # Configure once, and again when the flags are not those of the

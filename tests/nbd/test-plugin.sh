@@ -10,8 +10,16 @@ requires nbdinfo --version
 requires qemu-img --version
 requires jq --version
 
+# --version, --dump-plugin and qed-img --version show this project's
+# version (configure.ac's, the one NEWS names).
+nbdkit "$plugin" --version > "$tmpdir/version"
+grep "^qed $package_version\$" "$tmpdir/version"
+qed_img --version | grep "^qed-img $package_version\$"
+grep "^$package_version " "$abs_top_srcdir/NEWS"
+
 # --dump-plugin and --help describe the plugin and every parameter.
 nbdkit "$plugin" --dump-plugin > "$tmpdir/dump"
+grep "^version=$package_version\$" "$tmpdir/dump"
 grep '^name=qed$' "$tmpdir/dump"
 grep '^thread_model=parallel$' "$tmpdir/dump"
 grep '^qed_backing_files=raw,qed$' "$tmpdir/dump"

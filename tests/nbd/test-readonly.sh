@@ -127,7 +127,7 @@ assert not h.is_read_only()
 assert h.pread(512, bad) == bytes(512)
 '
 test "$(header_field "$needcheck" 16 8)" = 0
-grep "repaired the image: fixed 1 corruptions" "$tmpdir/rw.log"
+grep "repaired the image: fixed 1 corruption$" "$tmpdir/rw.log"
 nbdcopy "$uri_rw" "$tmpdir/out.raw"
 cmp "$tmpdir/clean.raw" "$tmpdir/out.raw"
 stop_nbdkit rw

@@ -82,18 +82,7 @@ start_tcp ()
 # 2. Certificates: a CA, and a server certificate for localhost that
 # it signed, in one directory that nbdkit and the client read (the
 # client needs ca-cert.pem only).
-mkdir pki
-certtool --generate-privkey > pki/ca-key.pem 2>/dev/null
-printf 'cn = nbdkit-qed test CA\nca\ncert_signing_key\n' > ca.info
-certtool --generate-self-signed --load-privkey pki/ca-key.pem \
-    --template ca.info --outfile pki/ca-cert.pem 2>/dev/null
-certtool --generate-privkey > pki/server-key.pem 2>/dev/null
-printf '%s\n' 'organization = nbdkit-qed test' 'cn = localhost' \
-    'dns_name = localhost' 'ip_address = 127.0.0.1' tls_www_server \
-    encryption_key signing_key > server.info
-certtool --generate-certificate --load-ca-certificate pki/ca-cert.pem \
-    --load-ca-privkey pki/ca-key.pem --load-privkey pki/server-key.pem \
-    --template server.info --outfile pki/server-cert.pem 2>/dev/null
+make_pki pki
 start_tcp x509 --tls=require --tls-certificates=pki "$plugin" disk.qed
 uri="nbds://localhost:$port/?tls-certificates=$tmpdir/pki"
 nbdinfo --json "$uri" > info.json
@@ -102,9 +91,6 @@ nbdcopy "$uri" out.raw
 cmp disk.raw out.raw
 must_fail nbdinfo "nbd://localhost:$port/"
 # A client that trusts another CA is refused.
-mkdir other
-certtool --generate-privkey > other/ca-key.pem 2>/dev/null
-certtool --generate-self-signed --load-privkey other/ca-key.pem \
-    --template ca.info --outfile other/ca-cert.pem 2>/dev/null
+make_pki other
 must_fail nbdinfo "nbds://localhost:$port/?tls-certificates=$tmpdir/other"
 stop_nbdkit x509

@@ -148,6 +148,7 @@ mf_pread (struct qed_file *f, void *buf, size_t count, uint64_t offset)
   struct memfile *mf = (struct memfile *) f;
   int r;
 
+  delay (mf, MF_PREAD);
   pthread_mutex_lock (&mf->lock);
   r = injected (mf, MF_PREAD);
   if (r == 0 && (offset > mf->size || count > mf->size - offset))

@@ -54,9 +54,9 @@ void memfile_without (struct memfile *mf, unsigned mask);
  */
 void memfile_holes (struct memfile *mf, uint64_t block);
 
-/* Operations of the kinds in mask (MF_PWRITE, MF_FLUSH) take us
- * microseconds, outside the file's lock, as a disk's would: so that
- * threads using the file overlap.
+/* Operations of the kinds in mask (MF_PREAD, MF_PWRITE, MF_FLUSH)
+ * take us microseconds, outside the file's lock, as a disk's would: so
+ * that threads using the file overlap.
  */
 void memfile_delay (struct memfile *mf, unsigned mask, unsigned us);
 

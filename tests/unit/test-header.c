@@ -186,6 +186,12 @@ test_fields (const struct bytes *good)
   WITH (magic, 0x12345678, EINVAL, "magic");
   WITH (magic, QED_MAGIC ^ 0x01000000, EINVAL, "magic");
   WITH (magic, 0, EINVAL, "magic");
+  /* Another format's magic is named as such. */
+  memcpy (b.data, "QFI\xfb", 4);
+  expect_fail (&b, EMEDIUMTYPE, "this is a qcow2 (or qcow) image, not a QED"
+               " image");
+  memcpy (b.data, "conectix", 8);
+  expect_fail (&b, EMEDIUMTYPE, "this is a vpc (vhd) image");
 
   WITH (cluster_size, 0, EINVAL, "cluster_size");
   WITH (cluster_size, CLUSTER + 1, EINVAL, "cluster_size");
