@@ -166,9 +166,13 @@ finish ()
 trap finish EXIT
 
 plugindir=$(pkg-config --variable=plugindir nbdkit)
+filterdir=$(pkg-config --variable=filterdir nbdkit)
 dpkg -L nbdkit-plugin-qed > "$tmp/files"
-for f in "$plugindir/nbdkit-qed-plugin.so" /usr/bin/qed-img \
+for f in "$plugindir/nbdkit-qed-plugin.so" \
+         "$filterdir/nbdkit-qed-filter.so" \
+         /usr/bin/qed-img \
          /usr/share/man/man1/nbdkit-qed-plugin.1.gz \
+         /usr/share/man/man1/nbdkit-qed-filter.1.gz \
          /usr/share/man/man1/qed-img.1.gz \
          /lib/systemd/system/nbdkit-qed.socket \
          /lib/systemd/system/nbdkit-qed.service \
@@ -182,6 +186,41 @@ if grep '\.la$' "$tmp/files"; then
     fail "the package has a libtool archive"
 fi
 
+# The man pages are this version's (pod2man's --release), and rendered
+# from UTF-8 (E<ge> in the pods is "≥", not "X").
+for page in nbdkit-qed-plugin nbdkit-qed-filter qed-img; do
+    th=$(zcat "/usr/share/man/man1/$page.1.gz" | grep -m1 '^\.TH ') ||
+        fail "/usr/share/man/man1/$page.1.gz has no .TH line"
+    case $th in
+        *"nbdkit-qed-$version"*) ;;
+        *) fail "/usr/share/man/man1/$page.1.gz is not of $version: $th" ;;
+    esac
+done
+for pod in plugin/nbdkit-qed-plugin.pod filter/nbdkit-qed-filter.pod \
+           qed-img/qed-img.pod; do
+    grep -q 'E<ge>' "$srcdir/$pod" || continue
+    page=/usr/share/man/man1/$(basename "$pod" .pod).1.gz
+    if ! zcat "$page" | grep -q '≥'; then
+        fail "$page lacks the \"≥\" of E<ge> in $pod (pod2man without --utf8?)"
+    fi
+done
+
+# nbdkit loads the filter only if built against its exact version: the
+# package depends on exactly that one.
+nbdkit_version=$(pkg-config --modversion nbdkit)
+depends=$(dpkg-query -W -f '${Depends}' nbdkit-plugin-qed)
+log "Depends: $depends"
+case ", $depends," in
+    *", nbdkit (>= $nbdkit_version), nbdkit (<< "*) ;;
+    *) fail "Depends lacks nbdkit (>= $nbdkit_version), nbdkit (<< ...), which the filter needs: $depends" ;;
+esac
+for lib in libnbd0 libcurl4; do
+    case ", $depends," in
+        *", $lib "*|*", $lib,"*) ;;
+        *) fail "Depends lacks $lib (\${shlibs:Depends}): $depends" ;;
+    esac
+done
+
 # The plugin, by its name, from nbdkit's plugin directory (not a build
 # tree: the copy above is the only build this script made).
 nbdkit qed --dump-plugin > "$tmp/dump"
@@ -189,17 +228,42 @@ cat "$tmp/dump"
 grep -qx "path=$plugindir/nbdkit-qed-plugin.so" "$tmp/dump" ||
     fail "nbdkit qed does not load $plugindir/nbdkit-qed-plugin.so"
 grep -qx "name=qed" "$tmp/dump" || fail "nbdkit qed --dump-plugin: no name=qed"
+grep -qx "version=$version" "$tmp/dump" ||
+    fail "nbdkit qed --dump-plugin: no version=$version"
 [ "$(command -v qed-img)" = /usr/bin/qed-img ] || fail "qed-img is not /usr/bin/qed-img"
-qed-img --version
-qed-img --version | grep -qF "$version" ||
-    log "note: qed-img --version does not say $version"
+qed_img_version=$(qed-img --version) || fail "qed-img --version failed"
+echo "$qed_img_version"
+case $qed_img_version in
+    *"$version"*) ;;
+    *) fail "qed-img --version does not say $version: $qed_img_version" ;;
+esac
+
+# The filter, by its name, from nbdkit's filter directory, over the
+# file plugin: it serves what qemu-img reads in the same image.
+qed-img create -q "$tmp/filter.qed" 16M
+qemu-io -f qed -c 'write -P 0x46 1M 1M' -c 'write -z 4M 64k' \
+    "$tmp/filter.qed" > /dev/null ||
+    fail "qemu-io could not write the filter's test image"
+qemu-img convert -f qed -O raw "$tmp/filter.qed" "$tmp/filter-qemu.raw"
+nbdkit -r -U - -v --filter=qed file file="$tmp/filter.qed" \
+       --run 'nbdcopy "$uri" '"$tmp/filter-nbd.raw" 2> "$tmp/filter.log" ||
+    { cat "$tmp/filter.log"; fail "nbdkit --filter=qed file: nbdcopy failed"; }
+grep -F "$filterdir/nbdkit-qed-filter.so" "$tmp/filter.log" ||
+    { cat "$tmp/filter.log"; fail "nbdkit --filter=qed did not load $filterdir/nbdkit-qed-filter.so"; }
+cmp "$tmp/filter-qemu.raw" "$tmp/filter-nbd.raw" ||
+    fail "nbdkit --filter=qed file and qemu-img convert read different data"
+[ "$(dd if="$tmp/filter-nbd.raw" bs=1M skip=1 count=1 status=none | tr -d F | wc -c)" = 0 ] ||
+    fail "nbdkit --filter=qed file: the second MiB is not the 'F' bytes written"
+[ "$(stat -c %s "$tmp/filter-nbd.raw")" = $(( 16 * 1024 * 1024 )) ] ||
+    fail "nbdkit --filter=qed file: the disk is not 16M: $(stat -c %s "$tmp/filter-nbd.raw") bytes"
 
 # The service's user and the directory of its images.
 getent passwd nbdkit-qed || fail "no user nbdkit-qed"
 [ "$(stat -c '%U:%G %a' /var/lib/nbdkit-qed)" = "nbdkit-qed:nbdkit-qed 750" ] ||
     fail "/var/lib/nbdkit-qed: $(stat -c '%U:%G %a' /var/lib/nbdkit-qed)"
-systemctl is-enabled nbdkit-qed.socket 2>/dev/null | grep -qx enabled &&
+if systemctl is-enabled nbdkit-qed.socket 2>/dev/null | grep -qx enabled; then
     fail "nbdkit-qed.socket is enabled by installing the package"
+fi
 
 # The installed service's command line, with the installed defaults,
 # as its user: ExecStart's $NAME words are the variables' values split
