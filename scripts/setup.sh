@@ -29,6 +29,7 @@ qed_packages=(
     libnbd-dev                  # NBD backing files; the C tests
     libcurl4-openssl-dev        # HTTP(S) backing files
     libnbd-bin                  # nbdinfo, nbdcopy, nbdsh
+    python3                     # the tests' helpers, make-malformed.py
     python3-libnbd              # the nbd module that nbdsh runs
     qemu-utils                  # qemu-img, qemu-io, qemu-nbd
     qemu-block-extra            # qemu-img's curl driver: http(s) backing files
@@ -42,6 +43,9 @@ qed_packages=(
     perl                        # pod2man, podchecker
     clang
     libclang-rt-dev             # libFuzzer, for the fuzzers
+    systemd                     # systemd-socket-activate, systemd-analyze
+    debhelper                   # the Debian package (scripts/package.sh)
+    lintian
 )
 
 qed_log ()
