@@ -665,11 +665,22 @@ test_entry_past_end (bool partial)
 
   test_clear_log ();
   img = test_open_image (mf);
-  CHECK (test_log_contains ("1 table entry points past the end of the file;"
-                            " repairing"));
-  /* Now (and after any reopen) the range is a hole, not an alias. */
+  /* The open does not look for it: the entry reads as an error. */
+  CHECK (!test_log_contains ("past the end"));
+  CHECK (qed_image_read (img, a, sizeof a, 5 * CLUSTER) == -EIO);
+  /* An in-place write does not grow the file: still not looked for. */
+  memset (b, 'a', sizeof b);
+  CHECK_OK (qed_image_write (img, b, sizeof b, 0, 0));
+  CHECK (!test_log_contains ("past the end"));
+  /* The first write that grows the file clears it first; from then on
+   * (and after any reopen) the range is a hole, not an alias.
+   */
   memset (b, 'b', sizeof b);
   CHECK_OK (qed_image_write (img, b, sizeof b, 9 * CLUSTER, 0));
+  CHECK (test_log_contains ("1 table entry points past the end of the file;"
+                            " cleared before the file grows"));
+  CHECK_OK (qed_image_read (img, a, sizeof a, 5 * CLUSTER));
+  CHECK (a[0] == 0 && memcmp (a, a + 1, sizeof a - 1) == 0);
   CHECK_OK (qed_image_close (img));
   img = test_open_image (mf);
   CHECK_OK (qed_image_read (img, a, sizeof a, 5 * CLUSTER));
