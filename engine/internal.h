@@ -106,8 +106,9 @@
  * invalid).  Then, under the lock, forget_entries_past_end sets those
  * entries to 0 in img->l1 and in the cached slices, and the state
  * becomes CLEAR.  Requests that want to grow the file meanwhile wait
- * for the token and look up again; reads, in-place writes and zero
- * clusters in existing tables go on.  A slice read while the entries
+ * for the token and look up again; reads and in-place writes go on
+ * (zero clusters in existing tables are reserved, and their commit
+ * waits for the token).  A slice read while the entries
  * were cleared may keep the old, invalid value: it still reads as an
  * error (open_end did not move), until it is read again.  A call
  * holding the image to itself that grows the file (resize) clears
