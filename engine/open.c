@@ -430,6 +430,21 @@ qed_image_enable_writes (struct qed_image *img)
 }
 
 int
+qed_image_clear_past_end (struct qed_image *img)
+{
+  int r = -EROFS;
+
+  whole_image_begin (img);
+  if (img->writable)
+    r = past_end_clear_now (img);
+  else
+    qed_error ("%s: cannot clear table entries: the image is read-only",
+               image_name (img));
+  whole_image_end (img);
+  return r;
+}
+
+int
 qed_image_check (struct qed_image *img, bool repair,
                  struct qed_check_result *res)
 {
