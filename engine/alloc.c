@@ -564,6 +564,74 @@ give_back (struct qed_image *img, const struct alloc *a)
     img->file_end = keep;
 }
 
+/* With the token held, no lock: clear the entries past the end (see
+ * "Entries past the end" in internal.h) and say so.
+ */
+static int
+clear_past_end_logged (struct qed_image *img)
+{
+  uint64_t n = 0;
+  int r = clear_entries_past_end (img, &n);
+
+  if (r < 0)
+    qed_error ("%s: cannot clear the table entries that point past the"
+               " end of the file: %s", image_name (img), strerror (-r));
+  else if (n > 0)
+    qed_notice ("%s: %" PRIu64 " table %s past the end of the file;"
+                " cleared before the file grows", image_name (img), n,
+                qed_plural (n, "entry points", "entries point"));
+  return r;
+}
+
+int
+past_end_clear_now (struct qed_image *img)
+{
+  int r;
+
+  token_assert_held (img);
+  if (img->past_end == PAST_END_CLEAR)
+    return 0;
+  if ((r = clear_past_end_logged (img)) < 0)
+    return r;
+  table_lock (img);
+  forget_entries_past_end (img);
+  img->past_end = PAST_END_CLEAR;
+  table_unlock (img);
+  return 0;
+}
+
+int
+alloc_may_grow (struct qed_image *img)
+{
+  int r;
+
+  table_assert_held (img);
+  switch (img->past_end) {
+  case PAST_END_CLEAR:
+    return 0;
+  case PAST_END_CLEARING:
+    /* Its thread holds the token until it is done. */
+    table_wait (img, &img->commit_done);
+    return 1;
+  case PAST_END_UNCHECKED:
+    break;
+  }
+  token_take (img);
+  if (img->past_end != PAST_END_UNCHECKED) {
+    token_give (img);
+    return 1;
+  }
+  img->past_end = PAST_END_CLEARING;
+  table_unlock (img);
+  r = clear_past_end_logged (img);
+  table_lock (img);
+  if (r == 0)
+    forget_entries_past_end (img);
+  img->past_end = r == 0 ? PAST_END_CLEAR : PAST_END_UNCHECKED;
+  token_give (img);
+  return r < 0 ? r : 1;
+}
+
 void
 token_take (struct qed_image *img)
 {

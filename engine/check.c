@@ -65,7 +65,7 @@ struct checker {
   bool first_pass;
   bool settle_only;             /* repair: a pass settling the tables */
   bool tables_settled;          /* ... which every window has had */
-  uint64_t past_end;            /* count_entries_past_end's count */
+  uint64_t past_end;            /* clear_entries_past_end's count */
   enum phase phase;
   uint64_t file_size;
   uint64_t file_end;            /* whole clusters of the file */
@@ -493,44 +493,63 @@ check_image (struct qed_image *img, bool repair,
   return r;
 }
 
-/* Count the table entries that point at or past the end of the file.
- * They read as errors now, but once the file grows over the place
- * they point at they would be valid, and share their cluster with the
- * range the new cluster was given (within one open new_links knows
- * them; after a reopen nothing would).  Reads every L2 table, in
- * chunks, without the cache.
+/* Entries that point at or past the end of the file at open read as
+ * errors, but once the file grows over the place they point at they
+ * would be valid, and share their cluster with the range the new
+ * cluster was given (within one open new_links knows them; after a
+ * reopen, or for another program, nothing would).  So they are cleared
+ * before the file first grows (see "Entries past the end" in
+ * internal.h): this walks every L2 table, in chunks, without the cache.
  */
 static int
-count_past_end (void *opaque, uint64_t index, uint64_t *entry, bool *changed)
+clear_past_end (void *opaque, uint64_t index, uint64_t *entry, bool *changed)
 {
   struct checker *ck = opaque;
 
-  if (*entry > QED_ENTRY_ZERO && *entry >= ck->img->open_end)
+  if (*entry > QED_ENTRY_ZERO && *entry >= ck->img->open_end) {
     ck->past_end++;
+    *entry = 0;
+    *changed = true;
+  }
   return 0;
 }
 
+static bool
+table_past_end (const struct qed_image *img, uint64_t table)
+{
+  return table >= img->open_end || img->open_end - table < img->table_bytes;
+}
+
 int
-count_entries_past_end (struct qed_image *img, uint64_t *count)
+clear_entries_past_end (struct qed_image *img, uint64_t *count)
 {
   struct checker ck = { .img = img };
+  uint64_t zero = 0;
   bool unreadable;
   int r;
 
   token_assert_held (img);
+  table_assert_not_held (img);
+  /* Nothing links clusters past open_end until this is done, so every
+   * entry there is invalid; the token keeps the committer out, and
+   * only its holder changes img->l1 (apply_batch) outside of reloads.
+   */
   for (uint64_t l1i = 0; l1i < img->l1_entries; l1i++) {
     uint64_t table = img->l1[l1i];
 
     if (table == 0)
       continue;
-    if (table >= img->open_end ||
-        img->open_end - table < img->table_bytes) {
+    if (table_past_end (img, table)) {
       ck.past_end++;
+      r = table_write_entries (img, img->header.l1_table_offset + l1i * 8,
+                               &zero, 1);
+      if (r < 0)
+        return r;
       continue;
     }
     if (l1_entry_is_bad (img, l1i))
       continue;                 /* invalid for good: not walked */
-    r = table_walk (img, table, 0, img->table_bytes / 8, count_past_end, &ck,
+    r = table_walk (img, table, 0, img->table_bytes / 8, clear_past_end, &ck,
                     &unreadable);
     if (unreadable)
       qed_error ("%s: reading L2 table at 0x%" PRIx64 ": %s",
@@ -538,6 +557,44 @@ count_entries_past_end (struct qed_image *img, uint64_t *count)
     if (r < 0)
       return r;
   }
+  /* Durable before anything is written past the end. */
+  if (ck.past_end > 0 && (r = img->file->ops->flush (img->file)) < 0) {
+    qed_error ("%s: flush: %s", image_name (img), strerror (-r));
+    return r;
+  }
   *count = ck.past_end;
   return 0;
+}
+
+void
+forget_entries_past_end (struct qed_image *img)
+{
+  struct l2_cache *c = &img->cache;
+
+  table_assert_held (img);
+  token_assert_held (img);
+  for (uint64_t l1i = 0; l1i < img->l1_entries; l1i++)
+    if (img->l1[l1i] != 0 && l1_entry_is_bad (img, l1i) &&
+        table_past_end (img, img->l1[l1i])) {
+      img->l1[l1i] = 0;
+      img->l1_bad[l1i / 64] &= ~(UINT64_C (1) << (l1i % 64));
+    }
+  for (size_t b = 0; b < c->nbuckets; b++)
+    for (struct l2_slice *s = c->buckets[b]; s; s = s->hash_next) {
+      bool has_bad = false;
+
+      if (s->state != SLICE_READY || !s->has_bad)
+        continue;
+      for (unsigned i = 0; i < QED_SLICE_ENTRIES; i++) {
+        if (!l2_slice_is_bad (s, i))
+          continue;
+        if (s->entries[i] >= img->open_end) {
+          s->entries[i] = 0;
+          s->bad[i / 64] &= ~(UINT64_C (1) << (i % 64));
+        }
+        else
+          has_bad = true;
+      }
+      s->has_bad = has_bad;
+    }
 }

@@ -82,6 +82,38 @@
  *   was lost.
  * - A new L2 table is written (and, in the same cases, flushed) before
  *   the L1 entry points at it.
+ *
+ * Entries past the end.  An entry pointing at or past open_end reads
+ * as an error (data_entry_valid), but once the file grows over the
+ * place it points at, it would alias the new cluster there for the
+ * next open (or another program).  Finding such entries means reading
+ * every L2 table, which the open does not do (it must not cost more
+ * for a larger image); they are cleared just before the file first
+ * grows past open_end instead, and an image that only gets reads and
+ * in-place writes never pays for it.  img->past_end, under the table
+ * lock, says where that stands:
+ *
+ *   UNCHECKED --first reservation of new clusters or a new table-->
+ *   CLEARING --cleared on disk, flushed, forgotten in memory--> CLEAR
+ *      \--failed (the reservation fails)--> UNCHECKED
+ *
+ * alloc_may_grow (alloc.c), under the table lock, moves it: the thread
+ * that finds it UNCHECKED takes the commit token, so that no batch is
+ * committed meanwhile, sets CLEARING and clears the entries on disk
+ * without the table lock (clear_entries_past_end: reads of the tables
+ * and writes of their entries are the token's, and while the state is
+ * not CLEAR nothing is reserved past open_end, so every entry there is
+ * invalid).  Then, under the lock, forget_entries_past_end sets those
+ * entries to 0 in img->l1 and in the cached slices, and the state
+ * becomes CLEAR.  Requests that want to grow the file meanwhile wait
+ * for the token and look up again; reads and in-place writes go on
+ * (zero clusters in existing tables are reserved, and their commit
+ * waits for the token).  A slice read while the entries
+ * were cleared may keep the old, invalid value: it still reads as an
+ * error (open_end did not move), until it is read again.  A call
+ * holding the image to itself that grows the file (resize) clears
+ * them first as well; a reload sets UNCHECKED again (open_end moved),
+ * except after a repair, which left none.
  */
 
 #ifndef QED_INTERNAL_H
@@ -175,6 +207,15 @@ enum alloc_state {
   ALLOC_DONE,                   /* off img->inflight; ret is final */
 };
 
+/* Whether the entries pointing past open_end have been cleared; see
+ * "Entries past the end" in the notes above.
+ */
+enum past_end_state {
+  PAST_END_UNCHECKED,           /* the file must not grow past open_end */
+  PAST_END_CLEARING,            /* a thread holding the token clears them */
+  PAST_END_CLEAR,               /* none left: the file may grow */
+};
+
 /* An L2 table that has been allocated but is not yet in the L1 table. */
 struct pending_table {
   uint32_t l1_index;
@@ -261,6 +302,7 @@ struct qed_image {
   size_t nfailed;
   uint64_t file_end;            /* the file reaches at least this far */
   uint64_t open_end;            /* whole clusters of the file at open */
+  enum past_end_state past_end; /* see "Entries past the end" above */
   struct new_links new_links;   /* entries pointing beyond open_end */
   struct alloc *inflight;
   struct pending_table *pending;
@@ -433,6 +475,14 @@ int alloc_reserve (struct qed_image *img, struct run *run, bool zero_clusters,
 int alloc_commit (struct qed_image *img, struct alloc *a, int data_ret);
 uint64_t alloc_host_of (const struct qed_image *img, const struct alloc *a,
                         uint64_t offset);
+/* Called with the table lock held, before reserving anything past
+ * alloc_end.  0: the file may grow.  1: the lock was dropped (entries
+ * past the end were cleared, or another thread was clearing them):
+ * look up again.  Negative errno: they could not be cleared.
+ */
+int alloc_may_grow (struct qed_image *img);
+/* The same with the image to oneself (the token held, no lock). */
+int past_end_clear_now (struct qed_image *img);
 
 /* read.c, write.c: the requests, inside the gate. */
 int image_read (struct qed_image *img, void *buf, uint64_t count,
@@ -522,7 +572,16 @@ int image_reload (struct qed_image *img);
 #define CHECK_WINDOW (UINT64_C (1) << 28)
 int check_image (struct qed_image *img, bool repair,
                  struct qed_check_result *result);
-int count_entries_past_end (struct qed_image *img, uint64_t *count);
+/* Clear, on disk and durably, the L1 and L2 entries that point at or
+ * past open_end (*count: how many).  Called holding the commit token
+ * without the table lock, before anything grew the file past open_end
+ * since open or the last reload.
+ */
+int clear_entries_past_end (struct qed_image *img, uint64_t *count);
+/* Then, under the table lock still holding the token: make the L1
+ * table and the cached slices say so too.
+ */
+void forget_entries_past_end (struct qed_image *img);
 /* Set the bit of each of the file's first nclusters clusters (at most
  * CHECK_WINDOW) that the L1 table or an L2 table is, or that an entry
  * references, in bitmap ((nclusters + 63) / 64 words).  -EIO, logged,

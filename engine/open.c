@@ -353,7 +353,6 @@ static int
 enable_writes (struct qed_image *img)
 {
   struct qed_header *h = &img->header;
-  uint64_t past_end = 0;
   int r;
 
   if (img->writable)
@@ -383,25 +382,25 @@ enable_writes (struct qed_image *img)
     if (r < 0)
       goto fail;
   }
-  /* Entries pointing past the end would become valid as the file
-   * grows (see count_entries_past_end): repair before it does.
+  /* Entries pointing past the end are cleared when the file is first
+   * about to grow, not here (see "Entries past the end" in
+   * internal.h); a repair clears them too.
    */
-  if (!(h->features & QED_F_NEED_CHECK) && !img->always_check) {
-    if ((r = count_entries_past_end (img, &past_end)) < 0)
-      goto fail;
-    if (past_end > 0)
-      qed_notice ("%s: %" PRIu64 " table %s past the end of the file;"
-                  " repairing the image before it grows", image_name (img),
-                  past_end, qed_plural (past_end, "entry points",
-                                        "entries point"));
-  }
-  if ((h->features & QED_F_NEED_CHECK) || img->always_check || past_end) {
+  if ((h->features & QED_F_NEED_CHECK) || img->always_check) {
     struct qed_check_result res;
 
     r = check_image (img, true, &res);
     if (r < 0)
       goto fail;
     report_check (img, &res, true);
+    /* Whatever pointed past the end was cleared (and nothing else
+     * would have been): no need to look again.
+     */
+    if (res.corruptions == 0 && res.check_errors == 0) {
+      table_lock (img);
+      img->past_end = PAST_END_CLEAR;
+      table_unlock (img);
+    }
   }
   /* Read without locks by qed_image_is_writable. */
   __atomic_store_n (&img->writable, true, __ATOMIC_RELEASE);
@@ -426,6 +425,21 @@ qed_image_enable_writes (struct qed_image *img)
 
   whole_image_begin (img);
   r = enable_writes (img);
+  whole_image_end (img);
+  return r;
+}
+
+int
+qed_image_clear_past_end (struct qed_image *img)
+{
+  int r = -EROFS;
+
+  whole_image_begin (img);
+  if (img->writable)
+    r = past_end_clear_now (img);
+  else
+    qed_error ("%s: cannot clear table entries: the image is read-only",
+               image_name (img));
   whole_image_end (img);
   return r;
 }
@@ -471,6 +485,7 @@ image_reload (struct qed_image *img)
   }
   img->pending = NULL;
   img->alloc_end = img->open_end = cluster_start (img, size);
+  img->past_end = PAST_END_UNCHECKED;
   free (img->failed);
   img->failed = NULL;
   img->nfailed = 0;

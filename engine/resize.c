@@ -332,6 +332,9 @@ begin (struct qed_image *img, struct past_end *pe)
   }
   if ((r = image_reload (img)) < 0)
     return r;
+  /* New clusters go past the end: nothing may point there. */
+  if ((r = past_end_clear_now (img)) < 0)
+    return r;
   pe->img = img;
   pe->append_at = img->alloc_end;
   pe->file_size = img->sparse_from;

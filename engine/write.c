@@ -190,6 +190,16 @@ lookup_and_reserve (struct qed_image *img, uint64_t offset, uint64_t count,
     r = lookup_run (img, offset, count, run);
     if (r < 0 || !needs_new_clusters (img, run->kind, zeroing))
       break;
+    /* New clusters, or a new table, grow the file. */
+    if (!zero_clusters || run->slice == NULL) {
+      r = alloc_may_grow (img);
+      if (r < 0)
+        break;
+      if (r > 0) {              /* the lock was dropped */
+        run_release (img, run);
+        continue;
+      }
+    }
     r = alloc_reserve (img, run, zero_clusters, a);
     if (r != -EAGAIN)
       break;

@@ -115,6 +115,16 @@ int qed_image_open_file (struct qed_file *file, const char *name,
 int qed_image_enable_writes (struct qed_image *img);
 bool qed_image_is_writable (const struct qed_image *img);
 
+/* Table entries pointing at or past the end of the file read as
+ * errors; the first write that grows a writable image clears them
+ * first (reading every L2 table), so that the file never grows over
+ * the place they point at.  This clears them now instead, as a
+ * repair would, for a caller that also reads the file through
+ * another image (a backing chain opening it again) whose view of the
+ * tables must not keep them.  -EROFS if the image is not writable.
+ */
+int qed_image_clear_past_end (struct qed_image *img);
+
 /* Start the background thread that makes the image clean (flush, then
  * clear NEED_CHECK) after idle_ms without allocating writes.  Must be
  * called after any fork.  qed_image_close stops it.

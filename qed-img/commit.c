@@ -73,6 +73,18 @@ cmd_commit (int argc, char **argv)
     return 1;
   }
 
+  /* The image's chain opened the base again, read-only: clear what
+   * points past the base's end now, before that copy of its tables
+   * reads any, or it would keep them as errors once this one grows
+   * the file.
+   */
+  if (base.qed && qed_image_clear_past_end (base.qed) < 0) {
+    fail (file, "could not commit into %s", base.name);
+    source_close (&base);
+    source_close (&image);
+    return 1;
+  }
+
   copy = (struct copy) {
     .from = &image,
     .to = &base,

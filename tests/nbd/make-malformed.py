@@ -20,9 +20,10 @@
 #       reports the corruption;
 #   {"name": N, "expect": "past-end", "eio": [[OFF, LEN], ...], ...}
 #       entries point past the end of the file: served read-only,
-#       reading each range fails with EIO; served writable, the image
-#       is repaired first (the file would grow over where they point),
-#       so the ranges read as zeros and the image is clean afterwards.
+#       reading each range fails with EIO; served writable, too, until
+#       the first write that grows the file, which clears them first
+#       (the file would grow over where they point), so the ranges
+#       then read as zeros and the image is clean afterwards.
 #
 # "size" is the virtual size and "data" lists [OFF, LEN, BYTE]: those
 # ranges read as BYTE repeated, all others as zeros.  "write" asks the
@@ -229,8 +230,8 @@ refuse("backing-not-allowed", "backing files are disabled", img)
 
 # ---------------------------------------------------------------------
 # Served; the bad entries fail with EIO, and only them (those pointing
-# past the end of the file until the first writable connection repairs
-# the image).
+# past the end of the file until the first write that grows the file
+# clears them).
 
 VC1 = [C, C]                    # virtual cluster 1 (L1 entry 0)
 

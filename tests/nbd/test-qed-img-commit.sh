@@ -148,3 +148,29 @@ qed_img_refuses 'gone.raw' commit orphan.qed
 cmp alone.qed alone.orig
 cmp over-raw.qed over-raw.orig
 cmp base.raw base.orig
+
+# A QED base with an L2 entry pointing past the end of its file, in the
+# slice the commit copies into: the entry is cleared before the base
+# grows (and before the image's own view of the base reads it), so the
+# commit succeeds, the base is clean and the entry reads as zeros.
+qemu-img create -q -f qed -o cluster_size=65536 pe-base.qed 16M
+qemu-img create -q -f qed -b pe-base.qed -F qed -o cluster_size=65536 \
+    pe-over.qed 16M
+qemu-io -f qed -c 'write -P 0x33 0 64k' pe-base.qed > /dev/null
+qemu-io -f qed -c 'write -P 0x22 1M 64k' pe-over.qed > /dev/null
+/usr/bin/python3 - pe-base.qed <<'PYEOF'
+import struct, sys
+f = open(sys.argv[1], "r+b")
+l1 = struct.unpack_from("<Q", f.read(64), 40)[0]
+end = f.seek(0, 2)
+f.seek(l1)
+l2 = struct.unpack("<Q", f.read(8))[0]
+f.seek(l2 + 8 * 100)
+f.write(struct.pack("<Q", end))
+PYEOF
+qed_img commit pe-over.qed 2> pe.err || { cat pe.err; exit 1; }
+cat pe.err
+grep -F "1 table entry points past the end of the file; cleared" pe.err
+qemu-img check pe-base.qed
+qemu-io -f qed -c 'read -P 0x33 0 64k' -c 'read -P 0x22 1M 64k' \
+    -c 'read -P 0 6400k 64k' pe-base.qed

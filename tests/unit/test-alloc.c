@@ -665,11 +665,22 @@ test_entry_past_end (bool partial)
 
   test_clear_log ();
   img = test_open_image (mf);
-  CHECK (test_log_contains ("1 table entry points past the end of the file;"
-                            " repairing"));
-  /* Now (and after any reopen) the range is a hole, not an alias. */
+  /* The open does not look for it: the entry reads as an error. */
+  CHECK (!test_log_contains ("past the end"));
+  CHECK (qed_image_read (img, a, sizeof a, 5 * CLUSTER) == -EIO);
+  /* An in-place write does not grow the file: still not looked for. */
+  memset (b, 'a', sizeof b);
+  CHECK_OK (qed_image_write (img, b, sizeof b, 0, 0));
+  CHECK (!test_log_contains ("past the end"));
+  /* The first write that grows the file clears it first; from then on
+   * (and after any reopen) the range is a hole, not an alias.
+   */
   memset (b, 'b', sizeof b);
   CHECK_OK (qed_image_write (img, b, sizeof b, 9 * CLUSTER, 0));
+  CHECK (test_log_contains ("1 table entry points past the end of the file;"
+                            " cleared before the file grows"));
+  CHECK_OK (qed_image_read (img, a, sizeof a, 5 * CLUSTER));
+  CHECK (a[0] == 0 && memcmp (a, a + 1, sizeof a - 1) == 0);
   CHECK_OK (qed_image_close (img));
   img = test_open_image (mf);
   CHECK_OK (qed_image_read (img, a, sizeof a, 5 * CLUSTER));
@@ -680,6 +691,103 @@ test_entry_past_end (bool partial)
   CHECK (b[0] == 'b' && b[CLUSTER - 1] == 'b');
   CHECK_OK (qed_image_check (img, false, &res));
   CHECK (res.corruptions == 0 && res.check_errors == 0);
+  CHECK_OK (qed_image_close (img));
+  memfile_free (mf);
+}
+
+/* The first growth clears a past-end entry while other requests run:
+ * reads of its range fail or read zeros, never another range's data;
+ * in-place writes go on; every new cluster is a cluster of its own.
+ */
+struct past_end_racer {
+  struct qed_image *img;
+  pthread_barrier_t *barrier;
+  unsigned i;
+};
+
+static void *
+past_end_racer (void *p)
+{
+  struct past_end_racer *r = p;
+  unsigned char buf[CLUSTER], got[CLUSTER];
+
+  pthread_barrier_wait (r->barrier);
+  if (r->i % 2 == 0) {
+    memset (buf, 'A' + r->i, sizeof buf);
+    CHECK_OK (qed_image_write (r->img, buf, sizeof buf,
+                               (20 + r->i) * CLUSTER, 0));
+    return NULL;
+  }
+  memset (buf, 'a', sizeof buf);
+  for (unsigned k = 0; k < 50; k++) {
+    int r_read = qed_image_read (r->img, got, sizeof got, 5 * CLUSTER);
+    CHECK (r_read == -EIO ||
+           (r_read == 0 && got[0] == 0 &&
+            memcmp (got, got + 1, sizeof got - 1) == 0));
+    CHECK_OK (qed_image_write (r->img, buf, sizeof buf, 0, 0));
+  }
+  return NULL;
+}
+
+static void
+check_past_end_race (struct qed_image *img)
+{
+  unsigned char got[CLUSTER];
+
+  for (unsigned i = 0; i < THREADS; i += 2) {
+    CHECK_OK (qed_image_read (img, got, sizeof got, (20 + i) * CLUSTER));
+    CHECK (got[0] == 'A' + i && got[CLUSTER - 1] == 'A' + i);
+  }
+  CHECK_OK (qed_image_read (img, got, sizeof got, 5 * CLUSTER));
+  CHECK (got[0] == 0 && memcmp (got, got + 1, sizeof got - 1) == 0);
+  CHECK_OK (qed_image_read (img, got, sizeof got, 0));
+  CHECK (got[0] == 'a' && got[CLUSTER - 1] == 'a');
+}
+
+static void
+test_entry_past_end_race (void)
+{
+  struct memfile *mf = test_new_image (SIZE, CLUSTER, TABLE);
+  struct qed_image *img;
+  struct qed_check_result res;
+  pthread_t th[THREADS];
+  struct past_end_racer r[THREADS];
+  pthread_barrier_t barrier;
+  unsigned char a[CLUSTER];
+  uint64_t e, table;
+  size_t size;
+
+  img = test_open_image (mf);
+  memset (a, 'a', sizeof a);
+  CHECK_OK (qed_image_write (img, a, sizeof a, 0, 0));
+  CHECK_OK (qed_image_close (img));
+  /* Virtual cluster 5 points where the third new cluster will go. */
+  table = l1_entry (mf, 0);
+  memfile_data (mf, &size);
+  e = htole64 (size + 2 * CLUSTER);
+  CHECK_OK (memfile_file (mf)->ops->pwrite (memfile_file (mf), &e, 8,
+                                            table + 5 * 8));
+
+  test_clear_log ();
+  img = test_open_image (mf);
+  CHECK (pthread_barrier_init (&barrier, NULL, THREADS) == 0);
+  for (unsigned i = 0; i < THREADS; i++) {
+    r[i] = (struct past_end_racer) { .img = img, .barrier = &barrier,
+                                     .i = i };
+    CHECK (pthread_create (&th[i], NULL, past_end_racer, &r[i]) == 0);
+  }
+  for (unsigned i = 0; i < THREADS; i++)
+    CHECK (pthread_join (th[i], NULL) == 0);
+  CHECK (pthread_barrier_destroy (&barrier) == 0);
+  CHECK (test_log_contains ("1 table entry points past the end of the file;"
+                            " cleared before the file grows"));
+  check_past_end_race (img);
+  CHECK_OK (qed_image_close (img));
+
+  img = test_open_image (mf);
+  check_past_end_race (img);
+  CHECK_OK (qed_image_check (img, false, &res));
+  CHECK (res.corruptions == 0 && res.leaks == 0 && res.check_errors == 0);
   CHECK_OK (qed_image_close (img));
   memfile_free (mf);
 }
@@ -703,6 +811,7 @@ main (void)
   test_zero_unallocated (mf, img);
   test_entry_past_end (false);
   test_entry_past_end (true);
+  test_entry_past_end_race ();
 
   /* Consistent, and the same after closing and reopening. */
   CHECK_OK (qed_image_check (img, false, &res));
