@@ -243,17 +243,24 @@ prepare_table (struct qed_image *img, struct pending_table *pt)
   return r;
 }
 
+/* How far ahead of alloc_end the file grows (see "Notes on the
+ * design" in internal.h); rounded up to a whole cluster.
+ */
+#define GROW_STEP (UINT64_C (1) << 20)
+
 /* Called with the table lock held (no reservation can grow alloc_end
  * meanwhile): make sure the file covers every cluster and table the
- * batch links.  Most often the data writes already reached that far;
- * otherwise extend the file to the end of every reservation, as a
- * shorter size could cut data that a request still in flight wrote
- * past the batch.
+ * batch links.  Most often the file already reaches that far (it grew
+ * ahead, or the data writes did); otherwise extend it past the end of
+ * every reservation, as a shorter size could cut data that a request
+ * still in flight wrote past the batch, to the next multiple of
+ * GROW_STEP while NEED_CHECK is set, so that the next reservations need
+ * no ftruncate and their data writes no larger file.
  */
 static int
 extend_file (struct qed_image *img, const struct alloc *batch)
 {
-  uint64_t needed = 0;
+  uint64_t step = img->cluster_size, needed = 0, size;
   int r;
 
   table_assert_held (img);
@@ -271,14 +278,70 @@ extend_file (struct qed_image *img, const struct alloc *batch)
   }
   if (needed <= img->file_end)
     return 0;
-  r = img->file->ops->truncate (img->file, img->alloc_end);
+  /* Only while NEED_CHECK is set on disk, so that after a crash the
+   * next writable open cuts the tail (a backing file's ordering
+   * flushes leave it clear: there the file grows by clusters).
+   */
+  if ((img->header.features & QED_F_NEED_CHECK) && GROW_STEP > step)
+    step = GROW_STEP;
+  /* alloc_end is below 2^63 (alloc_reserve), and so is this. */
+  size = (img->alloc_end + step - 1) & ~(step - 1);
+  r = img->file->ops->truncate (img->file, size);
+  if (r < 0 && size > img->alloc_end) {
+    size = img->alloc_end;      /* a file size limit: no step ahead */
+    r = img->file->ops->truncate (img->file, size);
+  }
   if (r < 0) {
     qed_error ("%s: extending the file to 0x%" PRIx64 ": %s",
-               image_name (img), img->alloc_end, strerror (-r));
+               image_name (img), size, strerror (-r));
     return r;
   }
-  img->file_end = img->alloc_end;
+  img->file_end = size;
   return 0;
+}
+
+/* Where the file may end: the clusters reserved, and the bytes it had
+ * at open.
+ */
+static uint64_t
+tail_start (const struct qed_image *img)
+{
+  return img->alloc_end > img->sparse_from ? img->alloc_end
+    : img->sparse_from;
+}
+
+bool
+has_grown_tail (const struct qed_image *img)
+{
+  return img->file_end > tail_start (img);
+}
+
+void
+trim_grown_tail (struct qed_image *img)
+{
+  uint64_t keep = tail_start (img);
+  int r;
+
+  table_assert_held (img);
+  token_assert_held (img);
+  if (img->file_end <= keep)
+    return;
+  r = img->file->ops->truncate (img->file, keep);
+  if (r < 0) {
+    /* Zeros no entry references: a leak for the next check to cut. */
+    qed_debug ("%s: cutting the file back to 0x%" PRIx64 ": %s",
+               image_name (img), keep, strerror (-r));
+    return;
+  }
+  img->file_end = keep;
+}
+
+void
+trim_grown_tail_alone (struct qed_image *img)
+{
+  table_lock (img);
+  trim_grown_tail (img);
+  table_unlock (img);
 }
 
 /* Write one slice's share of a batch: the entries from the lowest to

@@ -441,6 +441,7 @@ check_image (struct qed_image *img, bool repair,
 
   token_assert_held (img);
   memset (res, 0, sizeof *res);
+  trim_grown_tail_alone (img);  /* what the file grew ahead is no leak */
   r = img->file->ops->get_size (img->file, &ck.file_size);
   if (r < 0)
     return r;

@@ -72,11 +72,14 @@ need_check_clear (struct qed_image *img)
   return 0;
 }
 
-/* Is it time to mark the image clean?  Called with the table lock. */
+/* Is it time to mark the image clean, or to cut the tail the file grew
+ * ahead (see trim_grown_tail)?  Called with the table lock.
+ */
 static bool
 idle_and_dirty (struct qed_image *img)
 {
-  return !img->committing && img->need_check_ours &&
+  return !img->committing &&
+    (img->need_check_ours || has_grown_tail (img)) &&
     img->inflight == NULL && img->queue == NULL &&
     now_ns () - img->last_alloc_ns >= (uint64_t) img->idle_ms * 1000000;
 }
@@ -100,6 +103,7 @@ background (void *arg)
       continue;
 
     token_take (img);
+    trim_grown_tail (img);
     table_unlock (img);
     if (need_check_clear (img) == 0)
       qed_debug ("%s: idle: flushed and cleared NEED_CHECK",

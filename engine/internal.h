@@ -16,11 +16,13 @@
  * The table lock (img->lock) guards the fields marked so in struct
  * qed_image: the L1 table, the L2 slice cache, the allocator and the
  * lists of allocations in flight.  It is held for memory work, with
- * one exception: the committer extends the file under it (extend_file
+ * two exceptions: the committer extends the file under it (extend_file
  * in alloc.c, a rare ftruncate), because only under the lock is
  * alloc_end final, so that the new size never cuts data that a
- * request in flight wrote past the batch.  Reading a missing L2 slice
- * drops the lock while the slice, marked SLICE_LOADING, is read.
+ * request in flight wrote past the batch; and the tail the file grew
+ * ahead of alloc_end is cut under it (trim_grown_tail) for the same
+ * reason.  Reading a missing L2 slice drops the lock while the slice,
+ * marked SLICE_LOADING, is read.
  *
  * The commit token (img->committing, taken and given back under the
  * table lock) is held by one thread at a time: the committer of a
@@ -33,8 +35,8 @@
  *   pread of L2 slices: requests, without locks;
  * - pwrite of L1 and L2 entries, of a new table's zeros and of the
  *   header: the commit token;
- * - truncate: the table lock (extend_file), or the gate closed
- *   (repair, resize, compaction);
+ * - truncate: the table lock (extend_file, trim_grown_tail), or the
+ *   gate closed (repair, resize, compaction);
  * - everything else check, repair, resize and compaction do, and lock:
  *   open, close, or the gate closed;
  * - flush and get_size: anyone.
@@ -68,6 +70,17 @@
  * everything reserved; nothing is written past the end of the
  * reservations, so this never cuts data.  A file that cannot change
  * size (no truncate) cannot take new clusters at all.
+ *
+ * While NEED_CHECK is set (no backing file), the file grows in steps of
+ * GROW_STEP bytes ahead of alloc_end, so that most data writes land
+ * inside the file: on ext4 a write past the end and an ftruncate for
+ * every new cluster each cost a journalled inode update.  That tail,
+ * zeros that no entry references, is cut again whenever the image is
+ * left alone: on close, when the image is idle (with NEED_CHECK
+ * cleared), and before a check or a reload of the tables (resize,
+ * repair), which take the file's size for the end of the clusters.
+ * After a crash it is at most GROW_STEP of leaked clusters, which the
+ * check at the next writable open cuts, NEED_CHECK being set.
  *
  * Crash safety (see also dirty.c):
  * - Without a backing file, NEED_CHECK is made durable before the first
@@ -560,6 +573,13 @@ int image_open (struct qed_file *file, const char *path,
  * background thread out); and give it back.
  */
 void whole_image_begin (struct qed_image *img);
+/* alloc.c: with the table lock and the token held, cut the file back
+ * to alloc_end where extend_file grew it further (see the notes).
+ */
+void trim_grown_tail (struct qed_image *img);
+/* The same with the image to oneself (the token held, no lock). */
+void trim_grown_tail_alone (struct qed_image *img);
+bool has_grown_tail (const struct qed_image *img);
 void whole_image_end (struct qed_image *img);
 /* After the tables on disk changed under the caller (a repair, a
  * resize), with the image to itself: make what memory holds of them

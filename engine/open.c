@@ -471,9 +471,10 @@ image_reload (struct qed_image *img)
 {
   struct pending_table *pt, *next;
   uint64_t size;
-  int r = img->file->ops->get_size (img->file, &size);
+  int r;
 
-  if (r < 0)
+  trim_grown_tail_alone (img);
+  if ((r = img->file->ops->get_size (img->file, &size)) < 0)
     return r;
   table_lock (img);
   for (pt = img->pending; pt; pt = next) {
@@ -510,6 +511,7 @@ qed_image_close (struct qed_image *img)
   stop_background (img);
   whole_image_begin (img);
   if (img->writable) {
+    trim_grown_tail_alone (img);
     r = image_flush (img);
     if (r == 0)
       r = need_check_clear (img);
