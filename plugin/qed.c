@@ -370,7 +370,8 @@ qed_config_complete (void)
   "backing-cache-size=<SIZE>\n" \
   "                         Read cache per network backing file\n" \
   "                         (default 64M; 0: none).\n" \
-  "l2-cache-size=<SIZE>     Memory for cached L2 tables (default 32M).\n" \
+  "l2-cache-size=<SIZE>     Memory for cached L2 tables (default 4M;\n" \
+  "                         32M with cache=none).\n" \
   "locking=false            Take no QEMU-compatible image locks.\n" \
   "check=auto|always        Check (and repair) the image at start always,\n" \
   "                         or only when it was not closed cleanly (auto).\n" \

@@ -4,7 +4,7 @@
 #
 # What grows with the image is held in memory only in bounded pieces:
 # the L1 table (at most 16 MiB: 1 MiB clusters, table_size 16), the L2
-# cache (32 MiB by default), the check's bitmap (32 MiB at most).  So:
+# cache (4 MiB by default, 32 MiB with cache=none), the check's bitmap (32 MiB at most).  So:
 # - a 64 TiB disk (the maximum for QEMU's default geometry) written
 #   and read at random places all over, each write a new L2 table;
 # - a 4 EiB disk whose header asks for the largest L1 table in use

@@ -293,6 +293,53 @@ test_budget_after_pins (void)
   memfile_free (mf);
 }
 
+/* The default budget: 4 MiB (under a thousand 4 KiB slices) through the
+ * page cache, 32 MiB with direct I/O.  Slices of an image with more of
+ * them than the first holds, read in a cycle: the second pass misses
+ * most of them by default, none with direct.
+ */
+static void
+test_default_budget (void)
+{
+  const unsigned nslices = 3000;
+  const uint64_t slice_span = (uint64_t) CLUSTER / 8 * CLUSTER; /* 2 MiB */
+  struct qed_create_options copts = {
+    .size = nslices * slice_span, .cluster_size = CLUSTER, .table_size = 16,
+  };
+  struct memfile *mf = memfile_new (NULL, 0);
+  unsigned char buf[512] = { 1 };
+  uint64_t before, misses[2];
+
+  CHECK_OK (qed_create_file (memfile_file (mf), &copts));
+  for (int direct = 0; direct <= 1; direct++) {
+    struct qed_open_options opts = {
+      .access = QED_READ_WRITE, .direct = direct,
+    };
+    struct qed_image *img;
+
+    CHECK_OK (qed_image_open_file (memfile_file (mf), NULL, &opts, &img));
+    for (int pass = 0; pass < 2; pass++) {
+      before = memfile_count (mf, MF_PREAD);
+      for (unsigned i = 0; i < nslices; i++) {
+        if (direct == 0 && pass == 0)
+          CHECK_OK (qed_image_write (img, buf, sizeof buf, i * slice_span, 0));
+        else
+          CHECK_OK (qed_image_read (img, buf, sizeof buf, i * slice_span));
+      }
+      misses[direct] = memfile_count (mf, MF_PREAD) - before;
+    }
+    CHECK_OK (qed_image_close (img));
+  }
+  /* Each read is a data pread, and a slice pread when it misses. */
+  if (misses[0] < nslices + nslices / 2 || misses[1] != nslices) {
+    fprintf (stderr, "second pass over %u slices: %" PRIu64 " preads by"
+             " default, %" PRIu64 " with direct\n", nslices, misses[0],
+             misses[1]);
+    exit (EXIT_FAILURE);
+  }
+  memfile_free (mf);
+}
+
 int
 main (void)
 {
@@ -313,6 +360,7 @@ main (void)
   test_budget (mf);
   memfile_free (mf);
 
+  test_default_budget ();
   /* Last. */
   test_budget_after_pins ();
   free (model);
