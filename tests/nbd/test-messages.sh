@@ -74,18 +74,7 @@ must_refuse_start "the backing file $tmpdir/base.raw is not a QED image" \
 # bad.qed: an L2 entry points past the end of the file (1 corruption).
 qemu-img create -q -f qed -o cluster_size=65536 bad.qed 16M
 qemu-io -f qed -c 'write -P 0x11 0 100k' bad.qed > /dev/null
-/usr/bin/python3 - bad.qed <<'PYEOF'
-import struct, sys
-f = open(sys.argv[1], "r+b")
-h = f.read(64)
-l1 = struct.unpack_from("<Q", h, 40)[0]
-f.seek(0, 2)
-end = f.tell()
-f.seek(l1)
-l2 = struct.unpack("<Q", f.read(8))[0]
-f.seek(l2 + 8 * 100)
-f.write(struct.pack("<Q", end + 10 * 65536))
-PYEOF
+entry_past_end bad.qed 10
 cp bad.qed bad.qed.orig
 
 # check=always on a writable server: found at start, repaired by the

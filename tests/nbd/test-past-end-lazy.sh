@@ -62,18 +62,7 @@ fi
 # new cluster goes.
 qemu-img create -q -f qed -o cluster_size=65536 bad.qed 16M
 qemu-io -f qed -c 'write -P 0x11 0 64k' bad.qed > /dev/null
-/usr/bin/python3 - bad.qed <<'PYEOF'
-import struct, sys
-f = open(sys.argv[1], "r+b")
-h = f.read(64)
-l1 = struct.unpack_from("<Q", h, 40)[0]
-f.seek(0, 2)
-end = f.tell()
-f.seek(l1)
-l2 = struct.unpack("<Q", f.read(8))[0]
-f.seek(l2 + 8 * 100)
-f.write(struct.pack("<Q", end + 65536))
-PYEOF
+entry_past_end bad.qed 1
 cp bad.qed bad.before
 
 start_nbdkit bad "$plugin" bad.qed
