@@ -382,8 +382,8 @@ write_slice_links (struct qed_image *img, struct alloc *batch,
     r = table_write_entries (img, s->key + lo * 8, entries + lo, hi - lo);
   for (struct alloc *a = batch; a; a = a->next_queued)
     if (a->slice == s) {
-      if (r == 0)
-        a->state = ALLOC_LINKED;
+      if (r == 0)               /* its requester polls it: atomic */
+        __atomic_store_n (&a->state, ALLOC_LINKED, __ATOMIC_RELAXED);
       a->ret = r;
     }
 }
@@ -736,7 +736,7 @@ alloc_commit (struct qed_image *img, struct alloc *a, int data_ret)
   a->state = ALLOC_QUEUED;
   *tail = a;
 
-  while (a->state != ALLOC_DONE) {
+  while (__atomic_load_n (&a->state, __ATOMIC_RELAXED) != ALLOC_DONE) {
     if (!img->committing) {
       struct alloc *batch = img->queue;
       int r;

@@ -256,7 +256,9 @@ struct alloc {
   uint64_t host;                /* first new cluster, or QED_ENTRY_ZERO */
   bool needs_flush;             /* data must be durable before the link */
   uint64_t written_end;         /* its writes made the file reach this */
-  /* Under the table lock, or the committer's while committing. */
+  /* Under the table lock, or the committer's while committing (state
+   * atomically then, as its requester reads it under the lock).
+   */
   enum alloc_state state;
   int ret;
   struct alloc *next_inflight;
