@@ -96,9 +96,7 @@ background (void *arg)
 
     deadline.tv_sec = wake / 1000000000;
     deadline.tv_nsec = wake % 1000000000;
-    set_owner (&img->lock_owner, false);
-    pthread_cond_timedwait (&img->bg_wake, &img->lock, &deadline);
-    set_owner (&img->lock_owner, true);
+    table_wait_until (img, &img->bg_wake, &deadline);
     if (img->bg_stop || !idle_and_dirty (img))
       continue;
 

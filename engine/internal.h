@@ -13,9 +13,20 @@
  * take the commit token as well, which keeps the background thread
  * out; so they run alone (whole_image_begin in open.c).
  *
- * The table lock (img->lock) guards the fields marked so in struct
- * qed_image: the L1 table, the L2 slice cache, the allocator and the
- * lists of allocations in flight.  It is held for memory work, with
+ * The table lock guards the fields marked so in struct qed_image: the
+ * L1 table, the L2 slice cache, the allocator and the lists of
+ * allocations in flight.  It is two locks taken together (table_lock):
+ * a mutex (img->lock), which the condition variables wait on, and the
+ * write side of a rwlock (img->lookup_lock).  The read side alone is
+ * enough to look up an entry in a slice that is in the cache
+ * (lookup_run_shared): what that reads, the L1 table, the cache's
+ * hash chains, the slices' states and entries, changes only under the
+ * table lock, and the lookup takes no reference (the slice's used flag
+ * it sets is atomic).  So lookups of mapped clusters do not queue
+ * behind one another; a lookup that finds no slice, or one being
+ * loaded, takes the table lock.  The rwlock prefers writers, so that a
+ * stream of lookups cannot keep an allocation waiting.  The table lock
+ * is held for memory work, with
  * two exceptions: the committer extends the file under it (extend_file
  * in alloc.c, a rare ftruncate), because only under the lock is
  * alloc_end final, so that the new size never cuts data that a
@@ -137,6 +148,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "qed.h"
 #include "qed-file.h"
@@ -294,7 +306,8 @@ struct qed_image {
    */
   struct qed_header header;
 
-  pthread_mutex_t lock;         /* the table lock */
+  pthread_mutex_t lock;         /* the table lock, with the write */
+  pthread_rwlock_t lookup_lock; /* side of this one */
   pthread_cond_t slice_loaded;  /* a SLICE_LOADING slice is done */
   pthread_cond_t alloc_done;    /* an allocation left the in-flight list */
   pthread_cond_t commit_done;   /* a batch is committed, the token free */
@@ -364,6 +377,7 @@ static inline void
 table_lock (struct qed_image *img)
 {
   pthread_mutex_lock (&img->lock);
+  pthread_rwlock_wrlock (&img->lookup_lock);
   set_owner (&img->lock_owner, true);
 }
 
@@ -371,15 +385,32 @@ static inline void
 table_unlock (struct qed_image *img)
 {
   set_owner (&img->lock_owner, false);
+  pthread_rwlock_unlock (&img->lookup_lock);
   pthread_mutex_unlock (&img->lock);
+}
+
+/* Wait on cond, until deadline (CLOCK_MONOTONIC for bg_wake) if not
+ * NULL.  The write side is given up while waiting, so that lookups go
+ * on; it is taken again holding the mutex, in table_lock's order.
+ */
+static inline void
+table_wait_until (struct qed_image *img, pthread_cond_t *cond,
+                  const struct timespec *deadline)
+{
+  set_owner (&img->lock_owner, false);
+  pthread_rwlock_unlock (&img->lookup_lock);
+  if (deadline)
+    pthread_cond_timedwait (cond, &img->lock, deadline);
+  else
+    pthread_cond_wait (cond, &img->lock);
+  pthread_rwlock_wrlock (&img->lookup_lock);
+  set_owner (&img->lock_owner, true);
 }
 
 static inline void
 table_wait (struct qed_image *img, pthread_cond_t *cond)
 {
-  set_owner (&img->lock_owner, false);
-  pthread_cond_wait (cond, &img->lock);
-  set_owner (&img->lock_owner, true);
+  table_wait_until (img, cond, NULL);
 }
 
 #define table_assert_held(img) assert (is_owner (&(img)->lock_owner))
@@ -480,6 +511,8 @@ int lookup_run (struct qed_image *img, uint64_t offset, uint64_t length,
 void run_release (struct qed_image *img, struct run *run);
 int lookup_run_taking_lock (struct qed_image *img, uint64_t offset,
                             uint64_t length, struct run *run);
+bool lookup_run_shared (struct qed_image *img, uint64_t offset,
+                        uint64_t length, struct run *run);
 int slice_get (struct qed_image *img, uint64_t key, bool create_zeroed,
                struct l2_slice **sp);
 void slice_put (struct qed_image *img, struct l2_slice *s);

@@ -86,7 +86,9 @@ l2_cache_find (struct l2_cache *c, uint64_t key)
 
   for (s = c->buckets[bucket_of (c, key)]; s; s = s->hash_next)
     if (s->key == key) {
-      s->used = true;
+      /* Lookups holding the read side of the table lock set it too. */
+      if (!__atomic_load_n (&s->used, __ATOMIC_RELAXED))
+        __atomic_store_n (&s->used, true, __ATOMIC_RELAXED);
       return s;
     }
   return NULL;

@@ -6,7 +6,9 @@
  * is a number of slices.  A slice is found by its host offset.
  *
  * Every function here is called with the image's table lock held; the
- * cache has no lock of its own.
+ * cache has no lock of its own.  l2_cache_find is also called with the
+ * read side of the table lock only (see internal.h): it changes nothing
+ * but the slice's used flag, atomically.
  */
 
 #ifndef QED_L2_CACHE_H

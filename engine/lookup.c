@@ -105,37 +105,37 @@ classify (const struct l2_slice *s, unsigned i)
   return RUN_DATA;
 }
 
+/* Say so the first time a request touches an invalid entry; lookups
+ * holding only the read side of the table lock race here, hence the
+ * atomic exchange.
+ */
 static void
 report_bad (struct qed_image *img, const struct run *run, uint64_t entry,
             const char *table)
 {
-  if (img->reported_bad)
+  if (__atomic_exchange_n (&img->reported_bad, true, __ATOMIC_RELAXED))
     return;
-  img->reported_bad = true;
   qed_error ("%s: invalid %s entry 0x%" PRIx64 " maps virtual offset %"
              PRIu64 "; requests touching it fail with EIO (further invalid"
              " entries are not reported)", image_name (img), table, entry,
              run->offset);
 }
 
-/* Called with the table lock held, which is dropped and retaken while
- * an L2 slice is read, before any entry is looked at.  Runs end at the
- * end of an L2 slice.
+/* The first half of a lookup, with either side of the table lock:
+ * bound the run by its L2 slice and read its L1 entry.  Returns the
+ * host offset of the slice holding the run's entries, or 0 when the L1
+ * entry alone says what the run is (unallocated, or bad).
  */
-int
-lookup_run (struct qed_image *img, uint64_t offset, uint64_t length,
-            struct run *run)
+static uint64_t
+run_start (struct qed_image *img, uint64_t offset, uint64_t length,
+           struct run *run)
 {
   uint64_t vc = offset >> img->cluster_bits;
   uint64_t l2i = vc & ((UINT64_C (1) << img->table_bits) - 1);
   unsigned idx = l2i % QED_SLICE_ENTRIES;
   uint64_t slice_end = (vc + (QED_SLICE_ENTRIES - idx)) << img->cluster_bits;
-  uint64_t l1e, need, n;
-  struct l2_slice *s;
-  enum run_kind kind;
-  int r;
+  uint64_t l1e;
 
-  table_assert_held (img);
   if (length > slice_end - offset)
     length = slice_end - offset;
   run->offset = offset;
@@ -155,15 +155,23 @@ lookup_run (struct qed_image *img, uint64_t offset, uint64_t length,
     run->kind = RUN_UNALLOC;
     return 0;
   }
+  return l1e + (l2i - idx) * 8;
+}
 
-  r = slice_get (img, l1e + (l2i - idx) * 8, false, &s);
-  if (r < 0)
-    return r;
-  run->slice = s;
+/* The second half: the run is as long as the entries of slice s from
+ * run->index on map alike (contiguous data clusters, or the same kind).
+ */
+static void
+run_finish (struct qed_image *img, const struct l2_slice *s, struct run *run)
+{
+  unsigned idx = run->index;
+  uint64_t vc = run->offset >> img->cluster_bits;
+  uint64_t need, n;
+  enum run_kind kind;
 
   kind = classify (s, idx);
-  need = (cluster_offset (img, offset) + length + img->cluster_size - 1)
-    >> img->cluster_bits;
+  need = (cluster_offset (img, run->offset) + run->length
+          + img->cluster_size - 1) >> img->cluster_bits;
   for (n = 1; n < need; n++) {
     if (classify (s, idx + n) != kind)
       break;
@@ -173,12 +181,57 @@ lookup_run (struct qed_image *img, uint64_t offset, uint64_t length,
   }
   run->kind = kind;
   if (n < need)
-    run->length = ((vc + n) << img->cluster_bits) - offset;
+    run->length = ((vc + n) << img->cluster_bits) - run->offset;
   if (kind == RUN_DATA)
-    run->host = s->entries[idx] + cluster_offset (img, offset);
+    run->host = s->entries[idx] + cluster_offset (img, run->offset);
   else if (kind == RUN_BAD)
     report_bad (img, run, s->entries[idx], "L2");
+}
+
+/* Called with the table lock held, which is dropped and retaken while
+ * an L2 slice is read, before any entry is looked at.  Runs end at the
+ * end of an L2 slice.
+ */
+int
+lookup_run (struct qed_image *img, uint64_t offset, uint64_t length,
+            struct run *run)
+{
+  uint64_t key;
+  int r;
+
+  table_assert_held (img);
+  key = run_start (img, offset, length, run);
+  if (key == 0)
+    return 0;
+  r = slice_get (img, key, false, &run->slice);
+  if (r < 0)
+    return r;
+  run_finish (img, run->slice, run);
   return 0;
+}
+
+/* The lookup with the read side of the table lock alone (see the notes
+ * in internal.h), for callers that act on the run after it, as
+ * lookup_run_taking_lock.  False when it would need to load a slice.
+ */
+bool
+lookup_run_shared (struct qed_image *img, uint64_t offset, uint64_t length,
+                   struct run *run)
+{
+  struct l2_slice *s;
+  uint64_t key;
+  bool found = true;
+
+  pthread_rwlock_rdlock (&img->lookup_lock);
+  key = run_start (img, offset, length, run);
+  if (key != 0) {
+    s = l2_cache_find (&img->cache, key);
+    found = s && s->state == SLICE_READY;
+    if (found)
+      run_finish (img, s, run);
+  }
+  pthread_rwlock_unlock (&img->lookup_lock);
+  return found;
 }
 
 /* Takes the table lock for the lookup, for callers that act on the
@@ -191,6 +244,8 @@ lookup_run_taking_lock (struct qed_image *img, uint64_t offset,
 {
   int r;
 
+  if (lookup_run_shared (img, offset, length, run))
+    return 0;
   table_lock (img);
   r = lookup_run (img, offset, length, run);
   run_release (img, run);

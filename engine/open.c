@@ -47,6 +47,7 @@ image_free (struct qed_image *img)
   pthread_cond_destroy (&img->alloc_done);
   pthread_cond_destroy (&img->commit_done);
   pthread_cond_destroy (&img->bg_wake);
+  pthread_rwlock_destroy (&img->lookup_lock);
   pthread_mutex_destroy (&img->lock);
   gate_destroy (&img->gate);
   free (img->path);
@@ -224,6 +225,7 @@ image_open (struct qed_file *file, const char *path,
 {
   struct qed_image *img;
   pthread_condattr_t attr;
+  pthread_rwlockattr_t rwattr;
   uint64_t file_size, *ids;
   size_t cache_size;
   int r;
@@ -236,6 +238,11 @@ image_open (struct qed_file *file, const char *path,
   img->file = file;
   gate_init (&img->gate);
   pthread_mutex_init (&img->lock, NULL);
+  pthread_rwlockattr_init (&rwattr);
+  pthread_rwlockattr_setkind_np (&rwattr,
+                                 PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+  pthread_rwlock_init (&img->lookup_lock, &rwattr);
+  pthread_rwlockattr_destroy (&rwattr);
   pthread_cond_init (&img->slice_loaded, NULL);
   pthread_cond_init (&img->alloc_done, NULL);
   pthread_cond_init (&img->commit_done, NULL);

@@ -185,6 +185,9 @@ lookup_and_reserve (struct qed_image *img, uint64_t offset, uint64_t count,
 {
   int r;
 
+  if (lookup_run_shared (img, offset, count, run) &&
+      !needs_new_clusters (img, run->kind, zeroing))
+    return 0;
   table_lock (img);
   for (;;) {
     r = lookup_run (img, offset, count, run);
