@@ -65,6 +65,7 @@
 
 #include "qed.h"
 #include "qed-net.h"
+#include "net-module.h"
 #include "net-retry.h"
 
 #define DEFAULT_CONNECT_TIMEOUT 10      /* seconds */
@@ -510,8 +511,9 @@ probe (struct http_file *hf, struct conn *c)
 }
 
 int
-qed_http_file_open (const char *url, const struct qed_net_options *options,
-                    struct qed_file **filep)
+qed_net_module_http_open (const char *url,
+                          const struct qed_net_options *options,
+                          struct qed_file **filep)
 {
   struct http_file *hf;
   unsigned conns = options->max_connections ? options->max_connections

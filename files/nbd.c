@@ -48,6 +48,7 @@
 
 #include "qed.h"
 #include "qed-net.h"
+#include "net-module.h"
 #include "net-retry.h"
 
 #define DEFAULT_CONNECT_TIMEOUT 10      /* seconds */
@@ -402,8 +403,9 @@ static const struct qed_file_ops nbd_file_ops = {
 };
 
 int
-qed_nbd_file_open (const char *uri, const struct qed_net_options *options,
-                   struct qed_file **filep)
+qed_net_module_nbd_open (const char *uri,
+                         const struct qed_net_options *options,
+                         struct qed_file **filep)
 {
   struct nbd_file *nf = calloc (1, sizeof *nf);
   struct nbd_handle *h;

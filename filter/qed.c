@@ -47,6 +47,7 @@
 #include "qed.h"
 #include "qed-net.h"
 #include "backing.h"
+#include "log.h"
 #include "next-file.h"
 
 /* NBD's usual largest request; the preferred size is the cluster size. */
@@ -82,30 +83,11 @@ static const struct qed_number_parsers nbdkit_parsers = {
 static struct qed_opener *opener;       /* backing.c's */
 static struct qed_image *image;
 
-/* nbdkit has errors and debug messages only; a notice goes to stderr
- * in nbdkit's format, as the plugin's do.
- */
-static void
-log_to_nbdkit (enum qed_log_level level, const char *msg)
-{
-  switch (level) {
-  case QED_LOG_DEBUG:
-    nbdkit_debug ("%s", msg);
-    break;
-  case QED_LOG_NOTICE:
-    fprintf (stderr, "nbdkit: qed filter: notice: %s\n", msg);
-    break;
-  case QED_LOG_ERROR:
-    nbdkit_error ("%s", msg);
-    break;
-  }
-}
-
-/* Route the engine's messages through nbdkit. */
+/* Route the engine's messages through nbdkit (nbdkit-common/log.c). */
 static void
 qed_load (void)
 {
-  qed_set_log_function (log_to_nbdkit);
+  qed_nbdkit_log_init ("qed filter");
 }
 
 /* Free the configuration. */

@@ -7,7 +7,8 @@
  * VFS: a front end installs the opener that resolves names its way (a
  * path, an NBD URI, an HTTP URL), tests swap in files that fail or
  * record writes to replay crashes (tests/unit/memfile.h), the fuzzers
- * a file in memory.  files/ holds the POSIX layer.
+ * a file in memory.  files/ holds the POSIX layer and the network
+ * ones (qed-net.h).
  *
  * All operations return 0 or a negative errno.  pread and pwrite
  * transfer the whole count or fail: a read past the end of the file is

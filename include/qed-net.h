@@ -15,7 +15,9 @@
  * through the extent capability where the protocol can say
  * (NBD base:allocation), and turn a lost server into -EIO for the
  * reads it affects, reconnecting with a bounded backoff on later
- * reads.
+ * reads.  The NBD and HTTP(S) layers are loaded on demand (see
+ * qed_nbd_file_open below); the opener, the name parsing and the read
+ * cache are linked into the engine.
  */
 
 #ifndef QED_NET_H
@@ -88,6 +90,15 @@ void qed_net_opener_free (struct qed_opener *opener);
  * read-only by URI; open fails (with a message naming the URI) when the
  * server cannot be reached, or for HTTP when it does not serve byte
  * ranges.
+ *
+ * They are a module of their own, qed-net.so, the only object that
+ * links libnbd and libcurl: the first call of either loads it
+ * (files/net-load.c says from where, $QED_NET_MODULE first), so that
+ * a process that opens local files only never maps those libraries.
+ * When it cannot be loaded, open fails with -ELIBACC (-ELIBBAD: a
+ * module of another version) and a message naming the URI, the
+ * module's path and the reason; a later open tries again.  Thread
+ * safe, as every open.
  */
 int qed_nbd_file_open (const char *uri, const struct qed_net_options *options,
                        struct qed_file **filep);

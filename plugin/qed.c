@@ -24,6 +24,7 @@
 #include "qed.h"
 #include "qed-net.h"
 #include "exports.h"
+#include "log.h"
 
 /* Milliseconds without allocating writes before the image is marked
  * clean (QEMU waits 5 seconds too).
@@ -77,39 +78,11 @@ static struct qed_opener *opener;
 
 static struct qed_image *image;         /* file= */
 
-/* Set when the engine logs an error, so that a failure at start that
- * it did not explain (out of memory, say) is explained by
- * say_why_not_ready: nbdkit itself exits without a word.
- */
-static bool error_logged;
-
-/* nbdkit has errors and debug messages only.  A notice (a repair, a
- * fallback) is no error: it goes to stderr in nbdkit's own format,
- * where nbdkit -f sends its errors too.
- */
-static void
-log_to_nbdkit (enum qed_log_level level, const char *msg)
-{
-  if (level == QED_LOG_ERROR)
-    __atomic_store_n (&error_logged, true, __ATOMIC_RELAXED);
-  switch (level) {
-  case QED_LOG_DEBUG:
-    nbdkit_debug ("%s", msg);
-    break;
-  case QED_LOG_NOTICE:
-    fprintf (stderr, "nbdkit: qed: notice: %s\n", msg);
-    break;
-  case QED_LOG_ERROR:
-    nbdkit_error ("%s", msg);
-    break;
-  }
-}
-
-/* Route the engine's messages through nbdkit. */
+/* Route the engine's messages through nbdkit (nbdkit-common/log.c). */
 static void
 qed_load (void)
 {
-  qed_set_log_function (log_to_nbdkit);
+  qed_nbdkit_log_init ("qed");
 }
 
 /* Free the configuration. */
@@ -453,7 +426,7 @@ say_why_not_ready (int r)
 {
   if (r >= 0)
     return 0;
-  if (!__atomic_load_n (&error_logged, __ATOMIC_RELAXED))
+  if (!qed_nbdkit_error_logged ())
     nbdkit_error ("%s: cannot open the image: %s", filename, strerror (-r));
   if (r == -EMEDIUMTYPE)
     nbdkit_error ("this plugin serves QED images only: serve it with qemu-nbd"

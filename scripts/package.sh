@@ -15,8 +15,10 @@
 #  3. runs lintian, which must report no error and no warning;
 #  4. installs the package with apt-get and checks the installed files:
 #     "nbdkit qed" loads the plugin from nbdkit's plugin directory,
-#     qed-img runs, the man pages, the units and the service's user are
-#     there, and the service's command line (from the installed unit
+#     qed-img runs (and reads a backing file over NBD through the
+#     installed network module, which a local image does not load),
+#     the man pages, the units and the service's user are there, and
+#     the service's command line (from the installed unit
 #     and /etc/default/nbdkit-qed), run as that user under
 #     systemd-socket-activate, serves an image in /var/lib/nbdkit-qed;
 #  5. purges the package again, unless --install: then it stays
@@ -167,9 +169,12 @@ trap finish EXIT
 
 plugindir=$(pkg-config --variable=plugindir nbdkit)
 filterdir=$(pkg-config --variable=filterdir nbdkit)
+# The network file layers' module, in $(pkglibdir) (files/Makefile.am).
+netmodule=/usr/lib/$(dpkg-architecture -qDEB_HOST_MULTIARCH)/nbdkit-qed/qed-net.so
 dpkg -L nbdkit-plugin-qed > "$tmp/files"
 for f in "$plugindir/nbdkit-qed-plugin.so" \
          "$filterdir/nbdkit-qed-filter.so" \
+         "$netmodule" \
          /usr/bin/qed-img \
          /usr/share/man/man1/nbdkit-qed-plugin.1.gz \
          /usr/share/man/man1/nbdkit-qed-filter.1.gz \
@@ -256,6 +261,28 @@ cmp "$tmp/filter-qemu.raw" "$tmp/filter-nbd.raw" ||
     fail "nbdkit --filter=qed file: the second MiB is not the 'F' bytes written"
 [ "$(stat -c %s "$tmp/filter-nbd.raw")" = $(( 16 * 1024 * 1024 )) ] ||
     fail "nbdkit --filter=qed file: the disk is not 16M: $(stat -c %s "$tmp/filter-nbd.raw") bytes"
+
+# The installed network file layers: qed-img follows a backing file
+# over NBD through the installed module (no QED_NET_MODULE), and the
+# installed plugin serving a local image does not load it.
+nbdkit -U "$tmp/base.sock" -P "$tmp/base.pid" memory 1M
+qemu-io -f raw -c 'write -P 0x4e 0 64k' "nbd+unix:///?socket=$tmp/base.sock" \
+    > /dev/null || fail "qemu-io could not write the NBD base"
+env -u QED_NET_MODULE qed-img create -q -F raw \
+    -b "nbd+unix:///?socket=$tmp/base.sock" "$tmp/net.qed" 1M ||
+    fail "qed-img create -b nbd+unix://... failed"
+env -u QED_NET_MODULE qed-img convert -O raw "$tmp/net.qed" "$tmp/net.raw" ||
+    fail "qed-img convert of an image backed over NBD failed (module $netmodule)"
+kill "$(cat "$tmp/base.pid")"
+[ "$(head -c 65536 "$tmp/net.raw" | tr -d N | wc -c)" = 0 ] ||
+    fail "qed-img convert did not read the NBD base's 'N' bytes"
+nbdkit -U - qed "$tmp/filter.qed" --run 'cat /proc/$PPID/maps' > "$tmp/maps" ||
+    fail "nbdkit qed $tmp/filter.qed --run: could not read the server's maps"
+grep -qF "$plugindir/nbdkit-qed-plugin.so" "$tmp/maps" ||
+    fail "the server's maps read have no $plugindir/nbdkit-qed-plugin.so"
+if grep -E '/(libnbd|libcurl)\.so|/qed-net\.so' "$tmp/maps"; then
+    fail "nbdkit qed serving a local image maps the network file layers"
+fi
 
 # The service's user and the directory of its images.
 getent passwd nbdkit-qed || fail "no user nbdkit-qed"

@@ -82,6 +82,9 @@ restart_lighttpd web
 # A server that goes away and comes back, while the file is open.
 
 coproc reader { exec "$http_read" -i -t 5 "$url/base.raw" 2> reader.err; }
+# bash unsets reader_PID once it has reaped the reader, which may be
+# before "wait" below runs: keep the pid (wait still knows its status).
+reader_pid=$reader_PID
 # ask OFFSET COUNT: the reader's answer to one read.
 ask ()
 {
@@ -109,7 +112,7 @@ for (( i=0; i < 60; i++ )); do
 done
 test "$answer" = "$good"
 exec {reader[1]}>&-
-wait "$reader_PID"
+wait "$reader_pid"
 cat reader.err
 
 #----------------------------------------------------------------------
