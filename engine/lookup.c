@@ -234,9 +234,10 @@ lookup_run_shared (struct qed_image *img, uint64_t offset, uint64_t length,
   return found;
 }
 
-/* Takes the table lock for the lookup, for callers that act on the
- * run after it (see the notes in internal.h: a data cluster, once
- * mapped, stays mapped).  The run holds no slice.
+/* Takes the table lock for the lookup (only its read side when the
+ * slice is in the cache), for callers that act on the run after it
+ * (see the notes in internal.h: a data cluster, once mapped, stays
+ * mapped).  The run holds no slice.
  */
 int
 lookup_run_taking_lock (struct qed_image *img, uint64_t offset,
