@@ -47,8 +47,8 @@ connections ()
 run ()
 {
     local mode=$1; shift
-    start_nbdkit base -r --filter=multi-conn --filter=delay file base.raw \
-                 rdelay=500ms multi-conn-mode="$mode"
+    start_nbdkit_unchecked base -r --filter=multi-conn --filter=delay \
+                           file base.raw rdelay=500ms multi-conn-mode="$mode"
     rm -f ov.qed
     qemu-img create -q -f qed -u -b "$uri_base" -F raw ov.qed 16M
     start_nbdkit ours "$plugin" ov.qed backing-cache-size=0 "$@"
