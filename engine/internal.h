@@ -25,15 +25,16 @@
  * it sets is atomic).  So lookups of mapped clusters do not queue
  * behind one another; a lookup that finds no slice, or one being
  * loaded, takes the table lock.  The rwlock prefers writers, so that a
- * stream of lookups cannot keep an allocation waiting.  The table lock
- * is held for memory work, with
- * two exceptions: the committer extends the file under it (extend_file
- * in alloc.c, a rare ftruncate), because only under the lock is
- * alloc_end final, so that the new size never cuts data that a
- * request in flight wrote past the batch; and the tail the file grew
- * ahead of alloc_end is cut under it (trim_grown_tail) for the same
- * reason.  Reading a missing L2 slice drops the lock while the slice,
- * marked SLICE_LOADING, is read.
+ * stream of lookups cannot keep an allocation waiting.
+ *
+ * The table lock is held for memory work, with two exceptions: the
+ * committer extends the file under it (extend_file in alloc.c, a rare
+ * ftruncate), because only under the lock is alloc_end final, so that
+ * the new size never cuts data that a request in flight wrote past
+ * the batch; and the tail the file grew ahead of alloc_end is cut
+ * under it (trim_grown_tail) for the same reason.  Reading a missing
+ * L2 slice drops the lock while the slice, marked SLICE_LOADING, is
+ * read.
  *
  * The commit token (img->committing, taken and given back under the
  * table lock) is held by one thread at a time: the committer of a
@@ -518,6 +519,13 @@ int slice_get (struct qed_image *img, uint64_t key, bool create_zeroed,
 void slice_put (struct qed_image *img, struct l2_slice *s);
 
 /* alloc.c */
+/* With the table lock and the token held, cut the file back to
+ * alloc_end where extend_file grew it further (see the notes).
+ */
+void trim_grown_tail (struct qed_image *img);
+/* The same with the image to oneself (the token held, no lock). */
+void trim_grown_tail_alone (struct qed_image *img);
+bool has_grown_tail (const struct qed_image *img);
 int alloc_reserve (struct qed_image *img, struct run *run, bool zero_clusters,
                    struct alloc *a);
 int alloc_commit (struct qed_image *img, struct alloc *a, int data_ret);
@@ -608,13 +616,6 @@ int image_open (struct qed_file *file, const char *path,
  * background thread out); and give it back.
  */
 void whole_image_begin (struct qed_image *img);
-/* alloc.c: with the table lock and the token held, cut the file back
- * to alloc_end where extend_file grew it further (see the notes).
- */
-void trim_grown_tail (struct qed_image *img);
-/* The same with the image to oneself (the token held, no lock). */
-void trim_grown_tail_alone (struct qed_image *img);
-bool has_grown_tail (const struct qed_image *img);
 void whole_image_end (struct qed_image *img);
 /* After the tables on disk changed under the caller (a repair, a
  * resize), with the image to itself: make what memory holds of them

@@ -57,10 +57,11 @@
 #endif
 
 static pthread_mutex_t module_lock = PTHREAD_MUTEX_INITIALIZER;
-/* Under module_lock; set once, with both entry points, never unset. */
-static bool module_loaded;
 typedef __typeof__ (qed_net_module_init) init_fn;
 typedef __typeof__ (qed_net_module_nbd_open) open_fn;
+/* Under module_lock: both set once the module is loaded (never unset),
+ * else both NULL.
+ */
 static open_fn *module_nbd_open;
 static open_fn *module_http_open;
 
@@ -182,7 +183,6 @@ load_module (const char *name)
   else {
     init (module_log);
     qed_log (QED_LOG_DEBUG, "loaded the network file layer %s", path);
-    module_loaded = true;
     r = 0;
   }
   if (r < 0) {
@@ -194,43 +194,35 @@ load_module (const char *name)
   return r;
 }
 
-/* The module's open for HTTP(S) (http) or NBD, loading the module
- * first if need be: 0 and *openp, or a negative errno.
+/* Open name with the module's open for HTTP(S) (http) or NBD, loading
+ * the module first if need be.
  */
 static int
-get_open (const char *name, bool http, open_fn **openp)
+module_open (const char *name, bool http,
+             const struct qed_net_options *options, struct qed_file **filep)
 {
+  open_fn *open_name = NULL;
   int r = 0;
 
   pthread_mutex_lock (&module_lock);
-  if (!module_loaded)
+  if (module_nbd_open == NULL)
     r = load_module (name);
   if (r == 0)
-    *openp = http ? module_http_open : module_nbd_open;
+    open_name = http ? module_http_open : module_nbd_open;
   pthread_mutex_unlock (&module_lock);
-  return r;
+  return r < 0 ? r : open_name (name, options, filep);
 }
 
 int
 qed_nbd_file_open (const char *uri, const struct qed_net_options *options,
                    struct qed_file **filep)
 {
-  open_fn *fn = NULL;
-  int r;
-
-  if ((r = get_open (uri, false, &fn)) < 0)
-    return r;
-  return fn (uri, options, filep);
+  return module_open (uri, false, options, filep);
 }
 
 int
 qed_http_file_open (const char *url, const struct qed_net_options *options,
                     struct qed_file **filep)
 {
-  open_fn *fn = NULL;
-  int r;
-
-  if ((r = get_open (url, true, &fn)) < 0)
-    return r;
-  return fn (url, options, filep);
+  return module_open (url, true, options, filep);
 }
